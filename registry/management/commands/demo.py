@@ -1,0 +1,120 @@
+"""The main story on embedded defaults: users per role, a tiny model built here, registered, sealed, quantized.
+
+Runs against the stack that `make up` started (the quantization runs on its Celery worker).
+"""
+import json
+import secrets
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+
+from registry import services
+from registry.models import RegisteredModel
+from registry.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
+
+DEMO_USERS = [
+    ("alice", ML_ENGINEER, "ML engineer: registers, uploads, quantizes, opens change requests"),
+    ("bob", APPROVER, "approver"),
+    ("carol", APPROVER, "approver"),
+    ("oscar", OPS, "ops: rolls production back"),
+    ("rita", REGULATOR, "regulator: reads reports and the audit trail"),
+]
+DEMO_MODEL = "demo-llm"
+
+
+class Command(BaseCommand):
+    help = "Run the demo story on the local stack and print what it did."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+        parser.add_argument("--timeout", type=int, default=600, help="Seconds to wait for each job.")
+
+    def handle(self, *args, base_url, timeout, **options):
+        users = self._ensure_users()
+        engineer = users["alice"]
+        model_dir = self._build_model()
+        version = self._register(model_dir, engineer)
+        self.stdout.write(f"Registered and sealed {version} (manifest {version.manifest_sha256[:16]}...)")
+        quantized = self._quantize(version, engineer, timeout)
+        self.stdout.write("")
+        self.stdout.write(self.style.SUCCESS("Demo finished."))
+        self.stdout.write(f"  Admin UI:  {base_url}/admin/   (log in as any user above)")
+        self.stdout.write(f"  API docs:  {base_url}/api/docs/")
+        self.stdout.write(f"  Versions:  {base_url}/api/v1/models/{DEMO_MODEL}/versions/")
+        self.stdout.write(f"  Quantized: {base_url}/api/v1/models/{DEMO_MODEL}/versions/{quantized['version']}/")
+        token = Token.objects.get(user=engineer).key
+        self.stdout.write(f"  Try:       curl -H 'Authorization: Token {token}' "
+                          f"{base_url}/api/v1/models/{DEMO_MODEL}/versions/{quantized['version']}/lineage")
+
+    def _ensure_users(self) -> dict:
+        """Create the demo users once; their passwords are generated and kept in .var/demo-users.json (0600)."""
+        credentials_file = Path(settings.BASE_DIR) / ".var" / "demo-users.json"
+        credentials = json.loads(credentials_file.read_text()) if credentials_file.exists() else {}
+        users = {}
+        self.stdout.write("Demo users (username / password / role):")
+        for username, role, description in DEMO_USERS:
+            user = User.objects.filter(username=username).first()
+            if user is None or username not in credentials:
+                credentials[username] = secrets.token_urlsafe(9)
+                user = user or User(username=username, email=f"{username}@bank.example")
+                user.is_staff = True
+                user.set_password(credentials[username])
+                user.save()
+            user.groups.add(Group.objects.get(name=role))
+            Token.objects.get_or_create(user=user)
+            users[username] = user
+            self.stdout.write(f"  {username:6} {credentials[username]:14} {role:12} {description}")
+        credentials_file.parent.mkdir(parents=True, exist_ok=True)
+        credentials_file.write_text(json.dumps(credentials, indent=2))
+        credentials_file.chmod(0o600)
+        return users
+
+    def _build_model(self) -> Path:
+        from workers.pipelines.tiny_model import build_tiny_llama
+
+        model_dir = Path(settings.BASE_DIR) / ".var" / "demo" / "tiny-llama"
+        if not (model_dir / "config.json").exists():
+            self.stdout.write("Building a tiny Llama with its own tokenizer (trained briefly on finance text)...")
+            build_tiny_llama(model_dir, seed=0, train_steps=150)
+        return model_dir
+
+    def _register(self, model_dir: Path, engineer):
+        model = RegisteredModel.objects.filter(name=DEMO_MODEL).first() or services.create_model(
+            name=DEMO_MODEL, description="Tiny Llama built by the demo: credit-memo drafting assistant",
+            actor=engineer)
+        version = services.create_version(model=model, description="Full-precision upload", actor=engineer)
+        for file_path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+            with open(file_path, "rb") as handle:
+                item = services.upload_version_file(version=version, path=file_path.relative_to(model_dir).as_posix(),
+                                                    stream=handle, content_length=file_path.stat().st_size,
+                                                    expected_sha256=None, actor=engineer)
+            self.stdout.write(f"  uploaded {item.path:28} {item.size:>10} bytes  sha256 {item.sha256[:16]}...")
+        return services.seal_version(version=version, actor=engineer)
+
+    def _wait(self, job, timeout: int) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            line = f"  job {job.pk} {job.kind}: {job.status} {job.progress}% {job.message}"
+            if line != last:
+                self.stdout.write(line)
+                last = line
+            if job.is_finished:
+                if job.status != "succeeded":
+                    raise CommandError(f"Job {job.pk} {job.status}: {job.error}")
+                return job.result
+            time.sleep(0.5)
+        raise CommandError(f"Job {job.pk} did not finish in {timeout} s; is the worker running? (make up)")
+
+    def _quantize(self, version, engineer, timeout: int) -> dict:
+        from workers.services import start_quantization
+
+        job = start_quantization(version=version, method="nf4", compute_dtype="float32", double_quant=True,
+                                 skip_modules=["lm_head"], actor=engineer)
+        self.stdout.write(f"Quantizing {version} to NF4 on the worker (job {job.pk})...")
+        return self._wait(job, timeout)

@@ -1,0 +1,86 @@
+"""Reads of the registry that views, admin, tasks and reports share."""
+from collections import deque
+
+from django.db.models import QuerySet
+
+from registry.errors import NotFound
+from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel
+
+
+def get_model(name: str) -> RegisteredModel:
+    try:
+        return RegisteredModel.objects.get(name=name)
+    except RegisteredModel.DoesNotExist:
+        raise NotFound(f"No model named {name!r}.") from None
+
+
+def get_version(model_name: str, number: int) -> ModelVersion:
+    try:
+        return ModelVersion.objects.select_related("model", "created_by").get(model__name=model_name, number=number)
+    except ModelVersion.DoesNotExist:
+        raise NotFound(f"Model {model_name!r} has no version {number}.") from None
+
+
+def get_dataset(dataset_id) -> Dataset:
+    try:
+        return Dataset.objects.get(pk=int(dataset_id))
+    except (Dataset.DoesNotExist, TypeError, ValueError):
+        raise NotFound(f"No dataset with id {dataset_id!r}.") from None
+
+
+def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
+    return model.versions.select_related("model", "created_by").order_by("number")
+
+
+def version_detail(model_name: str, number: int) -> ModelVersion:
+    version = get_version(model_name, number)
+    return (ModelVersion.objects.select_related("model", "created_by")
+            .prefetch_related("files", "parent_edges__parent_version__model", "parent_edges__parent_dataset")
+            .get(pk=version.pk))
+
+
+def _version_node(version: ModelVersion) -> dict:
+    return {"id": f"version:{version.model.name}:{version.number}", "type": "version", "model": version.model.name,
+            "number": version.number, "kind": version.kind, "status": version.status}
+
+
+def _dataset_node(dataset: Dataset) -> dict:
+    return {"id": f"dataset:{dataset.pk}", "type": "dataset", "dataset": dataset.pk, "name": dataset.name,
+            "purpose": dataset.purpose, "sha256": dataset.sha256}
+
+
+def lineage(version: ModelVersion) -> dict:
+    """Every ancestor and descendant of a version (datasets included) as nodes and edges."""
+    edges_qs = LineageEdge.objects.select_related("child__model", "parent_version__model", "parent_dataset")
+    nodes = {_version_node(version)["id"]: _version_node(version)}
+    edges = {}
+
+    def record(edge):
+        parent = edge.parent_version or edge.parent_dataset
+        parent_node = _version_node(parent) if edge.parent_version else _dataset_node(parent)
+        child_node = _version_node(edge.child)
+        nodes.setdefault(parent_node["id"], parent_node)
+        nodes.setdefault(child_node["id"], child_node)
+        edges[edge.pk] = {"parent": parent_node["id"], "child": child_node["id"], "relation": edge.relation}
+
+    # Ancestors: walk parent edges upwards.
+    frontier = deque([version.pk])
+    seen = {version.pk}
+    while frontier:
+        for edge in edges_qs.filter(child_id=frontier.popleft()):
+            record(edge)
+            if edge.parent_version_id and edge.parent_version_id not in seen:
+                seen.add(edge.parent_version_id)
+                frontier.append(edge.parent_version_id)
+    # Descendants: walk child edges downwards, recording every parent of each descendant too.
+    frontier = deque([version.pk])
+    seen = {version.pk}
+    while frontier:
+        for edge in edges_qs.filter(parent_version_id=frontier.popleft()):
+            record(edge)
+            if edge.child_id not in seen:
+                seen.add(edge.child_id)
+                frontier.append(edge.child_id)
+                for sibling_edge in edges_qs.filter(child_id=edge.child_id):
+                    record(sibling_edge)
+    return {"nodes": list(nodes.values()), "edges": list(edges.values())}

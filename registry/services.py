@@ -1,0 +1,288 @@
+"""Use cases that change the registry: the only code that writes its rows. Each writes its audit event in the
+same transaction. Bytes go to object storage first and become visible only when the row that records them
+commits, so a failure at any point leaves nothing half-made in view."""
+import hashlib
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from governance.audit import append_event
+from registry import storage
+from registry.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
+from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator
+from registry.validation import (
+    MAX_JSON_FILE_BYTES, SAFETENSORS_SUFFIX, is_pickle_path, parse_json_file, parse_safetensors_header,
+    pickle_refusal, validate_file_path, validate_jsonl_dataset,
+)
+
+
+def _version_summary(version: ModelVersion) -> dict:
+    return {"model": version.model.name, "number": version.number, "status": version.status, "kind": version.kind,
+            "manifest_sha256": version.manifest_sha256}
+
+
+@transaction.atomic
+def create_model(*, name: str, description: str, actor) -> RegisteredModel:
+    """Register a new model name."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        model_name_validator(name)
+    except ValidationError as error:
+        raise InvalidInput(f"Model name {name!r} is invalid. {error.messages[0]}", field="name") from None
+    if RegisteredModel.objects.filter(name=name).exists():
+        raise Conflict(f"A model named {name!r} already exists.", field="name")
+    try:
+        with transaction.atomic():
+            model = RegisteredModel.objects.create(name=name, description=description, created_by=actor)
+    except IntegrityError:
+        raise Conflict(f"A model named {name!r} already exists.", field="name") from None
+    append_event(actor=actor, action="model.created", object_type="model", object_id=model.pk, model_name=name,
+                 after={"name": name, "description": description})
+    return model
+
+
+def _allocate_version(*, model: RegisteredModel, actor, kind: str, description: str,
+                      source_job=None) -> ModelVersion:
+    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    locked.last_version_number += 1
+    locked.save(update_fields=["last_version_number"])
+    return ModelVersion.objects.create(model=locked, number=locked.last_version_number, kind=kind,
+                                       description=description, created_by=actor, source_job=source_job)
+
+
+@transaction.atomic
+def create_version(*, model: RegisteredModel, description: str, actor) -> ModelVersion:
+    """Open a draft version for uploads; its number is the model's next and is never reused."""
+    version = _allocate_version(model=model, actor=actor, kind=ModelVersion.Kind.UPLOAD, description=description)
+    append_event(actor=actor, action="version.created", object_type="version", object_id=version.pk,
+                 model_name=model.name, after=_version_summary(version))
+    return version
+
+
+def upload_version_file(*, version: ModelVersion, path: str, stream, content_length: int | None,
+                        expected_sha256: str | None, actor) -> VersionFile:
+    """Stream one file of a draft version into storage, hashing it on the way, then record it.
+
+    The bytes land under a fresh key first; the VersionFile row (the only thing that makes them part of the
+    version) is written afterwards in one transaction, so a failed or refused upload leaves no row behind and
+    its object is removed.
+    """
+    validate_file_path(path)
+    if expected_sha256 is not None:
+        expected_sha256 = expected_sha256.strip().lower()
+        if len(expected_sha256) != 64 or any(c not in "0123456789abcdef" for c in expected_sha256):
+            raise InvalidInput("X-Content-SHA256 must be 64 hexadecimal characters.", field="X-Content-SHA256")
+    if content_length is not None and content_length > settings.MAX_VERSION_FILE_BYTES:
+        raise TooLarge(f"{path} is {content_length} bytes; the limit is {settings.MAX_VERSION_FILE_BYTES}.")
+    if version.status != ModelVersion.Status.DRAFT:
+        raise Conflict(f"{version} is sealed; files can only be added while a version is a draft.")
+
+    key = f"models/{version.model.name}/v{version.number}/{uuid.uuid4().hex}/{path}"
+    stored = storage.put_stream(key, stream, max_bytes=settings.MAX_VERSION_FILE_BYTES)
+    try:
+        if content_length is not None and stored.size != content_length:
+            raise InvalidInput(f"Received {stored.size} bytes of {path} but Content-Length said {content_length}; "
+                               "the upload was cut short.")
+        if expected_sha256 and stored.sha256 != expected_sha256:
+            raise InvalidInput(f"{path} arrived with SHA-256 {stored.sha256}, not the {expected_sha256} given in "
+                               "X-Content-SHA256; the file was not stored. Upload it again.",
+                               field="X-Content-SHA256")
+        version_file, replaced = _record_uploaded_file(version_id=version.pk, path=path, stored=stored, actor=actor)
+    except BaseException:
+        storage.remove(stored.key, version_id=stored.version_id)
+        raise
+    if replaced is not None:
+        storage.remove(replaced[0], version_id=replaced[1])
+    return version_file
+
+
+@transaction.atomic
+def _record_uploaded_file(*, version_id: int, path: str, stored: storage.StoredObject, actor):
+    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
+    if version.status != ModelVersion.Status.DRAFT:
+        raise Conflict(f"{version} was sealed while {path} was uploading; the file was not added.")
+    existing = VersionFile.objects.filter(version=version, path=path).first()
+    replaced = None
+    before = None
+    if existing:
+        replaced = (existing.object_key, existing.storage_version_id)
+        before = {"path": path, "size": existing.size, "sha256": existing.sha256}
+        existing.delete()
+    version_file = VersionFile.objects.create(
+        version=version, path=path, size=stored.size, sha256=stored.sha256, object_key=stored.key,
+        storage_version_id=stored.version_id,
+    )
+    append_event(actor=actor, action="version.file_uploaded", object_type="version", object_id=version.pk,
+                 model_name=version.model.name, before=before,
+                 after={"path": path, "size": stored.size, "sha256": stored.sha256})
+    return version_file, replaced
+
+
+def manifest_digest(files: list[tuple[str, int, str]]) -> str:
+    """SHA-256 over 'path<TAB>size<TAB>sha256' lines in path order: one digest that pins every byte of a version."""
+    lines = "".join(f"{path}\t{size}\t{sha}\n" for path, size, sha in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _required_files(kind: str) -> tuple[str, str]:
+    # A LoRA version holds an adapter that refers to its base's weights; its config is adapter_config.json.
+    if kind == ModelVersion.Kind.LORA:
+        return "adapter_config.json", "adapter weights (adapter_model.safetensors)"
+    return "config.json", "weights (*.safetensors)"
+
+
+def check_version_contents(*, kind: str, files: list[tuple[str, int]], read_range, read_all) -> dict:
+    """Validate a version's files before sealing; returns {path: tensors} for the safetensors files.
+
+    `read_range(path, offset, length)` and `read_all(path)` read file bytes, from storage or from disk.
+    """
+    paths = [path for path, _ in files]
+    for path in paths:
+        if is_pickle_path(path):
+            raise pickle_refusal(path)
+    config_name, weights_label = _required_files(kind)
+    weights = [(path, size) for path, size in files if path.endswith(SAFETENSORS_SUFFIX)]
+    if not weights:
+        raise Unprocessable(f"The version has no {weights_label}; upload at least one .safetensors file.",
+                            field="files")
+    if config_name not in paths:
+        raise Unprocessable(f"The version has no {config_name}; upload the model's {config_name}.", field="files")
+    for path, size in files:
+        if path.endswith(".json"):
+            if size > MAX_JSON_FILE_BYTES:
+                raise Unprocessable(f"{path} is {size} bytes; JSON files are limited to {MAX_JSON_FILE_BYTES}.",
+                                    field="files")
+            if path in (config_name,):
+                parse_json_file(path, read_all(path))
+    return {
+        path: parse_safetensors_header(path, size, lambda offset, length, p=path: read_range(p, offset, length))
+        for path, size in weights
+    }
+
+
+@transaction.atomic
+def seal_version(*, version: ModelVersion, actor) -> ModelVersion:
+    """Validate a draft's files and freeze it: status ready, manifest digest recorded, immutable from now on."""
+    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+    if version.status != ModelVersion.Status.DRAFT:
+        raise Conflict(f"{version} is already sealed.")
+    files = list(version.files.all())
+    if not files:
+        raise Unprocessable(f"{version} has no files; upload config.json and the safetensors weights first.",
+                            field="files")
+    by_path = {f.path: f for f in files}
+    tensors_by_path = check_version_contents(
+        kind=version.kind,
+        files=[(f.path, f.size) for f in files],
+        read_range=lambda path, offset, length: storage.read_range(
+            by_path[path].object_key, offset, length, version_id=by_path[path].storage_version_id),
+        read_all=lambda path: storage.read_bytes(by_path[path].object_key,
+                                                 version_id=by_path[path].storage_version_id),
+    )
+    for path, tensors in tensors_by_path.items():
+        by_path[path].tensors = tensors
+        by_path[path].save(update_fields=["tensors"])
+    version.manifest_sha256 = manifest_digest([(f.path, f.size, f.sha256) for f in files])
+    version.status = ModelVersion.Status.READY
+    version.sealed_at = timezone.now()
+    version.save(update_fields=["manifest_sha256", "status", "sealed_at"])
+    append_event(actor=actor, action="version.sealed", object_type="version", object_id=version.pk,
+                 model_name=version.model.name, before={"status": "draft"}, after=_version_summary(version))
+    return version
+
+
+def register_dataset(*, name: str, purpose: str, uploaded_file, actor) -> Dataset:
+    """Validate a JSONL dataset line by line, store it, and record it; a bad line stores nothing."""
+    if purpose not in Dataset.Purpose.values:
+        raise InvalidInput(f"Purpose {purpose!r} is not one of {', '.join(Dataset.Purpose.values)}.",
+                           field="purpose")
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("Give the dataset a name of 1-200 characters.", field="name")
+    if uploaded_file.size > settings.MAX_DATASET_BYTES:
+        raise TooLarge(f"The dataset is {uploaded_file.size} bytes; the limit is {settings.MAX_DATASET_BYTES}.")
+    digest = hashlib.sha256()
+
+    def hashed_lines():
+        uploaded_file.seek(0)
+        for line in uploaded_file:
+            digest.update(line)
+            yield line
+
+    summary = validate_jsonl_dataset(hashed_lines(), purpose)
+    uploaded_file.seek(0)
+    stored = storage.put_stream(f"datasets/{uuid.uuid4().hex}.jsonl", uploaded_file,
+                                max_bytes=settings.MAX_DATASET_BYTES, content_type="application/jsonl")
+    try:
+        with transaction.atomic():
+            dataset = Dataset.objects.create(
+                name=name, purpose=purpose, sha256=digest.hexdigest(), records=summary.records, size=stored.size,
+                record_format=summary.record_format, object_key=stored.key, storage_version_id=stored.version_id,
+                created_by=actor,
+            )
+            append_event(actor=actor, action="dataset.registered", object_type="dataset", object_id=dataset.pk,
+                         after={"name": name, "purpose": purpose, "sha256": dataset.sha256,
+                                "records": summary.records})
+    except BaseException:
+        storage.remove(stored.key, version_id=stored.version_id)
+        raise
+    return dataset
+
+
+def register_derived_version(*, parent: ModelVersion, job, local_dir: Path, kind: str, relation: str,
+                             metadata: dict, datasets: list[tuple[Dataset, str]] = (), description: str = "",
+                             actor) -> ModelVersion:
+    """Upload a worker's output directory and register it as a sealed version derived from `parent`.
+
+    Idempotent per job: objects go to keys derived from the job id (a retry overwrites them), and the version
+    row is unique per job, so a job that runs twice registers exactly one version.
+    """
+    existing = ModelVersion.objects.filter(source_job=job).first()
+    if existing:
+        return existing
+    local_files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+    relative = [(p.relative_to(local_dir).as_posix(), p) for p in local_files]
+    for path, _ in relative:
+        validate_file_path(path)
+
+    def read_local_range(path, offset, length):
+        with open(Path(local_dir) / path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(length)
+
+    tensors_by_path = check_version_contents(
+        kind=kind, files=[(path, p.stat().st_size) for path, p in relative], read_range=read_local_range,
+        read_all=lambda path: (Path(local_dir) / path).read_bytes(),
+    )
+    stored = {path: storage.put_file(f"jobs/{job.pk}/{path}", p) for path, p in relative}
+    with transaction.atomic():
+        existing = ModelVersion.objects.select_for_update().filter(source_job=job).first()
+        if existing:
+            return existing
+        version = _allocate_version(model=parent.model, actor=actor, kind=kind, description=description,
+                                    source_job=job)
+        for path, item in stored.items():
+            VersionFile.objects.create(version=version, path=path, size=item.size, sha256=item.sha256,
+                                       object_key=item.key, storage_version_id=item.version_id,
+                                       tensors=tensors_by_path.get(path))
+        LineageEdge.objects.create(child=version, parent_version=parent, relation=relation)
+        for dataset, dataset_relation in datasets:
+            LineageEdge.objects.create(child=version, parent_dataset=dataset, relation=dataset_relation)
+        if kind == ModelVersion.Kind.QUANTIZED:
+            version.quantization = metadata
+        elif kind == ModelVersion.Kind.LORA:
+            version.lora = metadata
+        version.manifest_sha256 = manifest_digest([(p, s.size, s.sha256) for p, s in stored.items()])
+        version.status = ModelVersion.Status.READY
+        version.sealed_at = timezone.now()
+        version.save(update_fields=["quantization", "lora", "manifest_sha256", "status", "sealed_at"])
+        append_event(actor=actor, action="version.registered", object_type="version", object_id=version.pk,
+                     model_name=version.model.name,
+                     after={**_version_summary(version), "parent": parent.number, "relation": relation,
+                            "job": job.pk})
+    return version
+

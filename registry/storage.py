@@ -1,0 +1,236 @@
+"""The only module that talks to object storage (S3 API through the minio SDK).
+
+Uploads are streamed as multipart uploads with their SHA-256 computed on the way, so memory stays at about one
+part whatever the object's size. Connection failures become `StorageUnavailable`, which the API reports as 503.
+"""
+import functools
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import urllib3
+from django.conf import settings
+from minio import Minio
+from minio.commonconfig import COMPLIANCE, GOVERNANCE
+from minio.error import S3Error
+from minio.retention import Retention
+
+from registry.errors import NotFound, StorageUnavailable, TooLarge
+
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    sha256: str
+    version_id: str
+
+
+@functools.cache
+def _client_for(endpoint: str, access_key: str, secret_key: str, region: str) -> Minio:
+    secure = endpoint.startswith("https://")
+    host = endpoint.split("://", 1)[-1].rstrip("/")
+    # Few, quick retries: a storage outage should surface as a clear 503, not a request hanging for minutes.
+    http_client = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5, read=120),
+        maxsize=16,
+        retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+    return Minio(host, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+                 http_client=http_client)
+
+
+def _client() -> Minio:
+    return _client_for(settings.S3_ENDPOINT, settings.S3_ACCESS_KEY, settings.S3_SECRET_KEY, settings.S3_REGION)
+
+
+def _bucket() -> str:
+    return settings.S3_BUCKET
+
+
+class _HashingReader:
+    """Wraps a readable stream: counts, hashes and enforces a size limit while minio reads it part by part."""
+
+    def __init__(self, stream, max_bytes: int | None):
+        self._stream = stream
+        self._max_bytes = max_bytes
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size) if size is not None and size >= 0 else self._stream.read()
+        if chunk:
+            self.size += len(chunk)
+            if self._max_bytes is not None and self.size > self._max_bytes:
+                raise TooLarge(f"The upload is larger than the limit of {self._max_bytes} bytes.")
+            self.digest.update(chunk)
+        return chunk
+
+
+def _unavailable(error: Exception) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"Object storage at {settings.S3_ENDPOINT} did not answer ({type(error).__name__}); nothing was stored. "
+        "Try again when storage is back."
+    )
+
+
+def put_stream(key: str, stream, *, max_bytes: int | None = None,
+               content_type: str = "application/octet-stream") -> StoredObject:
+    """Stream `stream` to `key` as a multipart upload, returning its size and SHA-256."""
+    reader = _HashingReader(stream, max_bytes)
+    try:
+        result = _client().put_object(
+            _bucket(), key, reader, length=-1, part_size=settings.S3_PART_SIZE, content_type=content_type
+        )
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    return StoredObject(key=key, size=reader.size, sha256=reader.digest.hexdigest(), version_id=result.version_id or "")
+
+
+def put_file(key: str, path: Path) -> StoredObject:
+    """Upload a local file, hashing it on the way."""
+    with open(path, "rb") as handle:
+        return put_stream(key, handle)
+
+
+def put_bytes(key: str, data: bytes, *, content_type: str = "application/octet-stream") -> StoredObject:
+    try:
+        result = _client().put_object(_bucket(), key, io.BytesIO(data), length=len(data), content_type=content_type)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                        version_id=result.version_id or "")
+
+
+def put_locked_bytes(key: str, data: bytes, *, retain_days: int, mode: str,
+                     content_type: str = "application/octet-stream") -> StoredObject:
+    """Store an object under object-lock retention: the storage server itself refuses to delete or overwrite
+    that version until the retention date (COMPLIANCE mode: not even an administrator can)."""
+    retain_until = datetime.now(timezone.utc) + timedelta(days=retain_days)
+    retention = Retention(COMPLIANCE if mode.upper() == "COMPLIANCE" else GOVERNANCE, retain_until)
+    try:
+        result = _client().put_object(_bucket(), key, io.BytesIO(data), length=len(data),
+                                      content_type=content_type, retention=retention)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                        version_id=result.version_id or "")
+
+
+def read_range(key: str, offset: int, length: int, *, version_id: str = "") -> bytes:
+    """Read `length` bytes at `offset` with a ranged GET (used to read safetensors headers without downloading)."""
+    response = None
+    try:
+        response = _client().get_object(_bucket(), key, offset=offset, length=length, version_id=version_id or None)
+        return response.read()
+    except S3Error as error:
+        if error.code in ("NoSuchKey", "NoSuchVersion"):
+            raise NotFound(f"Object {key} is missing from storage.") from error
+        raise
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def read_bytes(key: str, *, version_id: str = "") -> bytes:
+    response = None
+    try:
+        response = _client().get_object(_bucket(), key, version_id=version_id or None)
+        return response.read()
+    except S3Error as error:
+        if error.code in ("NoSuchKey", "NoSuchVersion"):
+            raise NotFound(f"Object {key} is missing from storage.") from error
+        raise
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def open_stream(key: str, *, version_id: str = ""):
+    """An open streaming response; the caller closes it. For serving downloads chunk by chunk."""
+    try:
+        return _client().get_object(_bucket(), key, version_id=version_id or None)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def download_to(key: str, destination: Path, *, version_id: str = "") -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _client().fget_object(_bucket(), key, str(destination), version_id=version_id or None)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def presigned_download_url(key: str, *, filename: str, version_id: str = "") -> str:
+    try:
+        return _client().presigned_get_object(
+            _bucket(), key, expires=timedelta(seconds=settings.S3_PRESIGN_SECONDS),
+            version_id=version_id or None,
+            response_headers={"response-content-disposition": f'attachment; filename="{filename}"'},
+        )
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def remove(key: str, *, version_id: str = "") -> None:
+    """Delete one object version (an upload that failed its checksum, a replaced draft file)."""
+    try:
+        _client().remove_object(_bucket(), key, version_id=version_id or None)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def object_exists(key: str) -> bool:
+    try:
+        _client().stat_object(_bucket(), key)
+        return True
+    except S3Error as error:
+        if error.code in ("NoSuchKey", "NoSuchVersion", "NotFound"):
+            return False
+        raise
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def list_keys(prefix: str) -> list[str]:
+    try:
+        return [obj.object_name for obj in _client().list_objects(_bucket(), prefix=prefix, recursive=True)]
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def ping() -> None:
+    """Raise StorageUnavailable unless the bucket answers."""
+    try:
+        if not _client().bucket_exists(_bucket()):
+            raise StorageUnavailable(f"Bucket {_bucket()} does not exist at {settings.S3_ENDPOINT}.")
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+    except S3Error as error:
+        raise StorageUnavailable(f"Object storage refused the health check: {error.code}.") from error
+
+
+def ensure_bucket() -> None:
+    """Create the bucket with object lock (which also turns on versioning) when it is missing."""
+    client = _client()
+    try:
+        if not client.bucket_exists(_bucket()):
+            client.make_bucket(_bucket(), object_lock=True)
+    except _TRANSPORT_ERRORS as error:
+        raise _unavailable(error) from error
+
+
+def json_bytes(document) -> bytes:
+    return json.dumps(document, sort_keys=True, indent=2).encode()

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The local stack: S3 server (SeaweedFS from the venv), gunicorn on 127.0.0.1:8000, a Celery worker.
+# Usage: scripts/stack.sh up|down|status|demo|test|bench. Every command is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY="$ROOT/.venv/bin/python"
+VAR="$ROOT/.var"
+RUN="$VAR/run"
+LOG="$VAR/log"
+mkdir -p "$RUN" "$LOG"
+export DATABASE_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/llm_registry}
+export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}
+export WEB_HOST=${WEB_HOST:-127.0.0.1}
+export WEB_PORT=${WEB_PORT:-8000}
+export PYTHONUNBUFFERED=1
+BASE_URL="http://$WEB_HOST:$WEB_PORT"
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+s3_env() {
+  if [ -z "${S3_ENDPOINT:-}" ]; then
+    "$PY" scripts/s3server.py start
+    eval "$("$PY" scripts/s3server.py env)"
+  fi
+}
+
+up() {
+  s3_env
+  "$PY" scripts/ensure_database.py
+  "$PY" manage.py migrate --noinput -v0
+  "$PY" manage.py collectstatic --noinput -v0
+  "$PY" manage.py init_pki >/dev/null 2>&1 || true
+  if alive "$RUN/web.pid"; then
+    echo "web already running (pid $(cat "$RUN/web.pid"))"
+  else
+    "$ROOT/.venv/bin/gunicorn" config.wsgi:application --bind "$WEB_HOST:$WEB_PORT" --worker-class gthread \
+      --workers 2 --threads 8 --timeout 3600 --pid "$RUN/web.pid" --daemon \
+      --access-logfile "$LOG/web-access.log" --error-logfile "$LOG/web.log"
+  fi
+  if alive "$RUN/worker.pid"; then
+    echo "worker already running (pid $(cat "$RUN/worker.pid"))"
+  else
+    local queues="cpu"
+    [ -n "${GPU_QUEUE:-}" ] && queues="cpu,$GPU_QUEUE"
+    "$ROOT/.venv/bin/celery" -A config worker --queues "$queues" --concurrency 1 --loglevel INFO \
+      --pidfile "$RUN/worker.pid" --logfile "$LOG/worker.log" --detach
+  fi
+  for _ in $(seq 1 60); do
+    if curl -fsS "$BASE_URL/healthz" >/dev/null 2>&1; then
+      echo "Stack is up. Base URL: $BASE_URL  (admin: $BASE_URL/admin/, API docs: $BASE_URL/api/docs/)"
+      echo "Logs: $LOG   Stop with: make down"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "The web server did not become healthy; see $LOG/web.log:" >&2
+  tail -n 30 "$LOG/web.log" >&2 || true
+  curl -sS "$BASE_URL/healthz" >&2 || true
+  exit 1
+}
+
+stop_pidfile() {
+  local name=$1 file="$RUN/$1.pid"
+  if alive "$file"; then
+    local pid
+    pid=$(cat "$file")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "stopped $name"
+  fi
+  rm -f "$file"
+}
+
+down() {
+  stop_pidfile worker
+  stop_pidfile web
+  "$PY" scripts/s3server.py stop
+}
+
+status() {
+  alive "$RUN/web.pid" && echo "web: running at $BASE_URL" || echo "web: stopped"
+  alive "$RUN/worker.pid" && echo "worker: running" || echo "worker: stopped"
+  "$PY" scripts/s3server.py status || true
+}
+
+demo() {
+  s3_env
+  "$PY" manage.py demo --base-url "$BASE_URL"
+  echo
+  echo "The service stays up at $BASE_URL (web and worker run in the background). Stop it with: make down"
+}
+
+run_tests() {
+  # The suite starts its own S3 server (tests/settings.py) and Celery workers; Postgres and Redis are local.
+  "$PY" -m pytest -q "$@"
+}
+
+bench() {
+  s3_env
+  local failed=0
+  for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/report.py; do
+    [ -f "$script" ] || continue
+    echo "== $script"
+    "$PY" "$script" || failed=1
+  done
+  return $failed
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  demo) demo ;;
+  test) shift; run_tests "$@" ;;
+  bench) bench ;;
+  *) echo "usage: $0 up|down|status|demo|test|bench" >&2; exit 2 ;;
+esac

@@ -1,0 +1,232 @@
+"""Load a model version directory (plain, bitsandbytes-quantized, or base + LoRA adapter) for the pipelines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from workers.pipelines.errors import PipelineInputError
+
+# Files save_pretrained of a tokenizer may write. An adapter directory holding any of them carries its own
+# tokenizer (one trained with new tokens does); a derived version copies them so it tokenizes identically.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+
+
+def pick_device() -> str:
+    """The device pipelines run on: the GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_model_config(model_dir: Path) -> dict:
+    """config.json of a version directory, or a PipelineInputError that says what is missing."""
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        raise PipelineInputError(
+            f"{config_path.name} is missing from {model_dir}; upload the config.json written by "
+            "save_pretrained together with the weights."
+        )
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PipelineInputError(f"config.json in {model_dir} is not valid JSON ({error}); re-upload it.") from error
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors weight files of a version directory, or a PipelineInputError naming what was found."""
+    model_dir = Path(model_dir)
+    files = sorted(path for pattern in WEIGHT_FILE_PATTERNS for path in model_dir.glob(pattern))
+    if not files:
+        pickles = sorted(path.name for path in model_dir.glob("*.bin")) + sorted(
+            path.name for path in model_dir.glob("*.pt")
+        )
+        if pickles:
+            raise PipelineInputError(
+                f"{', '.join(pickles)} in {model_dir} is a pickle file; upload safetensors weights instead "
+                "(save_pretrained(..., safe_serialization=True))."
+            )
+        raise PipelineInputError(
+            f"No model.safetensors in {model_dir}; upload the weights written by save_pretrained."
+        )
+    return files
+
+
+def check_weight_files_readable(model_dir: Path) -> list[Path]:
+    """Open every safetensors header so a truncated or corrupt file is named before the slow load starts."""
+    from safetensors import safe_open
+
+    files = weight_files(model_dir)
+    for path in files:
+        if path.name.endswith(".index.json"):
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError, OSError or ValueError
+            raise PipelineInputError(
+                f"{path.name} in {model_dir} cannot be read as safetensors ({error}); the file is corrupt or "
+                "truncated, re-upload it."
+            ) from error
+    return files
+
+
+def build_skeleton(model_dir: Path):
+    """The model config.json describes, built on the meta device: module names and shapes, no weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as error:  # unknown model_type, an architecture that is not a causal LM
+        raise PipelineInputError(
+            f"config.json in {model_dir} does not describe a causal language model transformers can build "
+            f"({type(error).__name__}: {error})."
+        ) from error
+
+
+def check_tensor_shapes(model_dir: Path, skeleton) -> None:
+    """Compare the weight files' tensor shapes (headers only) with what config.json implies.
+
+    transformers 5 does not check the shape of a weight it quantizes while loading: a checkpoint that does not
+    match its config would be quantized into a broken model without any error.
+    """
+    from safetensors import safe_open
+
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    for path in weight_files(model_dir):
+        if path.name.endswith(".index.json"):
+            continue
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                shape = tuple(handle.get_slice(name).get_shape())
+                if name in expected and shape != expected[name]:
+                    raise PipelineInputError(
+                        f"{name} in {path.name} has shape {list(shape)} but config.json in {model_dir} implies "
+                        f"{list(expected[name])}; upload the config.json saved together with these weights."
+                    )
+
+
+def from_pretrained_checked(model_dir: Path, **from_pretrained_kwargs):
+    """AutoModelForCausalLM.from_pretrained that turns bad checkpoints into PipelineInputError.
+
+    transformers silently re-initialises weights missing from the checkpoint with random values; a registry
+    must refuse such a model instead of quantizing or evaluating noise.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    try:
+        model, loading_info = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), output_loading_info=True, **from_pretrained_kwargs
+        )
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # not the user's input: the worker needs more memory
+    except Exception as error:  # corrupt tensors, shape mismatches, unknown architectures
+        raise PipelineInputError(
+            f"The model in {model_dir} cannot be loaded ({type(error).__name__}: {error}); check that "
+            "config.json and the .safetensors weights come from the same save_pretrained call."
+        ) from error
+    missing = sorted(loading_info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise PipelineInputError(
+            f"The weights in {model_dir} lack {len(missing)} tensor(s) that config.json requires ({shown}); "
+            "upload the complete model.safetensors (all shards) written by save_pretrained."
+        )
+    return model
+
+
+def load_tokenizer(model_dir: Path, *, adapter_dir: Path | None = None):
+    """The tokenizer of an adapter directory when it ships one, else that of the model directory."""
+    from transformers import AutoTokenizer
+
+    source = Path(model_dir)
+    if adapter_dir is not None and any((Path(adapter_dir) / name).is_file() for name in TOKENIZER_FILES):
+        source = Path(adapter_dir)
+    try:
+        return AutoTokenizer.from_pretrained(str(source))
+    except Exception as error:  # transformers raises OSError, ValueError or tokenizers' Exception
+        raise PipelineInputError(
+            f"The tokenizer in {source} cannot be loaded ({error}); upload tokenizer.json and "
+            "tokenizer_config.json as written by save_pretrained."
+        ) from error
+
+
+def load_causal_lm(
+    model_dir: Path,
+    *,
+    adapter_dir: Path | None = None,
+    device: str | None = None,
+    dtype=None,
+):
+    """Load a version directory (and optionally a LoRA adapter on top) in eval mode; return (model, tokenizer)."""
+    model_dir = Path(model_dir)
+    device = device or pick_device()
+    config = read_model_config(model_dir)
+    check_weight_files_readable(model_dir)
+
+    kwargs = {}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    quantized = "quantization_config" in config
+    if quantized:
+        # bitsandbytes layers must be created on their final device; moving them afterwards is not supported.
+        kwargs["device_map"] = {"": device}
+    model = from_pretrained_checked(model_dir, **kwargs)
+    if not quantized:
+        model = model.to(device)
+
+    if adapter_dir is not None:
+        model = load_adapter(model, Path(adapter_dir))
+
+    model.eval()
+    tokenizer = load_tokenizer(model_dir, adapter_dir=adapter_dir)
+    return model, tokenizer
+
+
+def load_adapter(model, adapter_dir: Path):
+    """Wrap a loaded base model with the PEFT adapter in adapter_dir."""
+    from peft import PeftModel
+
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise PipelineInputError(
+            f"adapter_config.json is missing from {adapter_dir}; upload the files written by the PEFT "
+            "model's save_pretrained."
+        )
+    adapter_weights = adapter_dir / "adapter_model.safetensors"
+    if not adapter_weights.is_file():
+        raise PipelineInputError(
+            f"adapter_model.safetensors is missing from {adapter_dir}; upload the adapter weights as safetensors."
+        )
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except Exception as error:  # mismatched target modules or shapes, corrupt file
+        raise PipelineInputError(
+            f"The adapter in {adapter_dir} cannot be applied to this model ({type(error).__name__}: {error}); "
+            "check that it was trained on this base version and that adapter_model.safetensors is intact."
+        ) from error
+
+
+def linear_module_names(model) -> list[str]:
+    """Qualified names of the model's Linear layers, bitsandbytes' quantized Linear layers included."""
+    linear_types: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        import bitsandbytes as bnb
+
+        linear_types += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    except ImportError:
+        pass
+    return [name for name, module in model.named_modules() if isinstance(module, linear_types)]

@@ -1,0 +1,140 @@
+"""Job lifecycle: create (and enqueue after commit), claim, progress, cancel, finish. The only code that writes
+Job rows. Claiming and finishing are conditional UPDATEs, so a job redelivered after a worker died is picked up
+exactly where its state says, and a finished job is never run again."""
+import socket
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from governance.audit import append_event
+from registry.errors import Conflict
+from workers.models import Job
+
+
+def _model_name(job: Job) -> str:
+    return job.source_version.model.name if job.source_version_id else ""
+
+
+@transaction.atomic
+def create_job(*, kind: str, params: dict, source_version, actor) -> Job:
+    """Record a job and enqueue it once the surrounding transaction commits."""
+    from workers.tasks import enqueue_job
+
+    job = Job.objects.create(kind=kind, params=params, source_version=source_version, created_by=actor,
+                             message="Waiting for a worker")
+    append_event(actor=actor, action="job.created", object_type="job", object_id=job.pk,
+                 model_name=source_version.model.name if source_version else "",
+                 after={"kind": kind, "params": params,
+                        "source_version": source_version.number if source_version else None})
+    transaction.on_commit(lambda: enqueue_job(job))
+    return job
+
+
+def claim_job(*, job_id: int) -> Job | None:
+    """Mark a job running on this worker; None when it is gone or already finished (nothing to do)."""
+    claimed = (Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING],
+                                  cancel_requested=False)
+               .update(status=Job.Status.RUNNING, worker=socket.gethostname()[:200], attempts=F("attempts") + 1,
+                       started_at=timezone.now(), message="Started"))
+    if not claimed:
+        _finish_cancelled_if_requested(job_id)
+        return None
+    return Job.objects.select_related("source_version__model", "created_by").get(pk=job_id)
+
+
+def _finish_cancelled_if_requested(job_id: int) -> None:
+    Job.objects.filter(pk=job_id, cancel_requested=True, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        status=Job.Status.CANCELLED, message="Cancelled", finished_at=timezone.now())
+
+
+def record_progress(*, job_id: int, percent: int, message: str) -> bool:
+    """Store progress; returns True when the user has asked to cancel (the caller stops at this safe point)."""
+    percent = max(0, min(100, int(percent)))
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(progress=percent, message=message[:500])
+    return Job.objects.filter(pk=job_id, cancel_requested=True).exists()
+
+
+@transaction.atomic
+def finish_job(*, job_id: int, result: dict, message: str = "Done") -> None:
+    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job_id)
+    if job.is_finished:
+        return
+    job.status, job.progress, job.result, job.message = Job.Status.SUCCEEDED, 100, result, message
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "progress", "result", "message", "finished_at"])
+    append_event(actor=job.created_by, action="job.succeeded", object_type="job", object_id=job.pk,
+                 model_name=_model_name(job), after={"kind": job.kind, "result": result})
+
+
+@transaction.atomic
+def fail_job(*, job_id: int, error: str, cancelled: bool = False) -> None:
+    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job_id)
+    if job.is_finished:
+        return
+    job.status = Job.Status.CANCELLED if cancelled else Job.Status.FAILED
+    job.error = "" if cancelled else error
+    job.message = "Cancelled" if cancelled else "Failed"
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "error", "message", "finished_at"])
+    append_event(actor=job.created_by, action=f"job.{job.status}", object_type="job", object_id=job.pk,
+                 model_name=_model_name(job), after={"kind": job.kind, "error": job.error})
+
+
+@transaction.atomic
+def cancel_job(*, job: Job, actor) -> Job:
+    """Ask a job to stop: a queued job is cancelled at once, a running one at its next safe point."""
+    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job.pk)
+    if job.is_finished:
+        raise Conflict(f"Job {job.pk} has already {job.status}; there is nothing to cancel.")
+    job.cancel_requested = True
+    fields = ["cancel_requested"]
+    if job.status == Job.Status.QUEUED:
+        job.status, job.message, job.finished_at = Job.Status.CANCELLED, "Cancelled", timezone.now()
+        fields += ["status", "message", "finished_at"]
+    else:
+        job.message = "Cancelling at the next safe point"
+        fields.append("message")
+    job.save(update_fields=fields)
+    append_event(actor=actor, action="job.cancel_requested", object_type="job", object_id=job.pk,
+                 model_name=_model_name(job), after={"status": job.status})
+    return job
+
+
+def _module_names_of(version) -> set[str]:
+    """Module paths of a sealed version, from the tensor names recorded at seal time ('a.b.weight' -> 'a.b')."""
+    names = set()
+    for tensors in version.files.exclude(tensors=None).values_list("tensors", flat=True):
+        for tensor_name in tensors:
+            names.add(tensor_name.rsplit(".", 1)[0])
+    return names
+
+
+def _skip_entry_matches(entry: str, module_names: set[str]) -> bool:
+    # The same rule transformers applies to llm_int8_skip_modules: a dotted segment sequence of the module path.
+    return any(name == entry or name.endswith("." + entry) or name.startswith(entry + ".")
+               or f".{entry}." in name for name in module_names)
+
+
+def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
+                       skip_modules: list[str], actor) -> Job:
+    """Check a quantization request against the source version and queue it."""
+    from registry.errors import InvalidInput, Unprocessable
+    from registry.models import ModelVersion
+
+    if not version.is_sealed:
+        raise Conflict(f"{version} is a draft; seal it before quantizing.")
+    if version.kind == ModelVersion.Kind.LORA:
+        raise Unprocessable(f"{version} is a LoRA adapter; quantize its base version instead.")
+    if version.quantization:
+        raise Unprocessable(f"{version} is already quantized ({version.quantization.get('method')}); "
+                            "quantize the full-precision version it came from.")
+    module_names = _module_names_of(version)
+    unknown = [entry for entry in skip_modules if not _skip_entry_matches(entry, module_names)]
+    if unknown:
+        raise InvalidInput(f"skip_modules names no module of {version}: {', '.join(unknown)}. "
+                           "Use module names such as lm_head, embed_tokens or model.layers.0.mlp.",
+                           field="skip_modules")
+    params = {"method": method, "compute_dtype": compute_dtype, "double_quant": double_quant,
+              "skip_modules": skip_modules}
+    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
