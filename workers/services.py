@@ -57,7 +57,7 @@ def record_progress(*, job_id: int, percent: int, message: str) -> bool:
 
 @transaction.atomic
 def finish_job(*, job_id: int, result: dict, message: str = "Done") -> None:
-    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job_id)
+    job = Job.objects.select_for_update(of=("self",)).select_related("source_version__model").get(pk=job_id)
     if job.is_finished:
         return
     job.status, job.progress, job.result, job.message = Job.Status.SUCCEEDED, 100, result, message
@@ -69,7 +69,7 @@ def finish_job(*, job_id: int, result: dict, message: str = "Done") -> None:
 
 @transaction.atomic
 def fail_job(*, job_id: int, error: str, cancelled: bool = False) -> None:
-    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job_id)
+    job = Job.objects.select_for_update(of=("self",)).select_related("source_version__model").get(pk=job_id)
     if job.is_finished:
         return
     job.status = Job.Status.CANCELLED if cancelled else Job.Status.FAILED
@@ -84,7 +84,7 @@ def fail_job(*, job_id: int, error: str, cancelled: bool = False) -> None:
 @transaction.atomic
 def cancel_job(*, job: Job, actor) -> Job:
     """Ask a job to stop: a queued job is cancelled at once, a running one at its next safe point."""
-    job = Job.objects.select_for_update().select_related("source_version__model").get(pk=job.pk)
+    job = Job.objects.select_for_update(of=("self",)).select_related("source_version__model").get(pk=job.pk)
     if job.is_finished:
         raise Conflict(f"Job {job.pk} has already {job.status}; there is nothing to cancel.")
     job.cancel_requested = True
@@ -110,12 +110,6 @@ def _module_names_of(version) -> set[str]:
     return names
 
 
-def _skip_entry_matches(entry: str, module_names: set[str]) -> bool:
-    # The same rule transformers applies to llm_int8_skip_modules: a dotted segment sequence of the module path.
-    return any(name == entry or name.endswith("." + entry) or name.startswith(entry + ".")
-               or f".{entry}." in name for name in module_names)
-
-
 def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
                        skip_modules: list[str], actor) -> Job:
     """Check a quantization request against the source version and queue it."""
@@ -129,8 +123,17 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
     if version.quantization:
         raise Unprocessable(f"{version} is already quantized ({version.quantization.get('method')}); "
                             "quantize the full-precision version it came from.")
+    from workers.pipelines.errors import PipelineInputError
+    from workers.pipelines.quantize import QuantizeSpec, is_skipped, validate_quantize_spec
+
+    try:
+        validate_quantize_spec(QuantizeSpec(method=method, compute_dtype=compute_dtype, double_quant=double_quant,
+                                            skip_modules=skip_modules))
+    except PipelineInputError as error:
+        raise InvalidInput(str(error)) from None
+    # The same matcher the pipeline uses (transformers' own), against the module paths recorded at seal time.
     module_names = _module_names_of(version)
-    unknown = [entry for entry in skip_modules if not _skip_entry_matches(entry, module_names)]
+    unknown = [entry for entry in skip_modules if not any(is_skipped(name, [entry]) for name in module_names)]
     if unknown:
         raise InvalidInput(f"skip_modules names no module of {version}: {', '.join(unknown)}. "
                            "Use module names such as lm_head, embed_tokens or model.layers.0.mlp.",

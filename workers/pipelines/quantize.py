@@ -15,6 +15,7 @@ import torch
 
 from workers.pipelines.errors import PipelineInputError
 from workers.pipelines.loading import (
+    TOKENIZER_FILES,
     build_skeleton,
     check_tensor_shapes,
     check_weight_files_readable,
