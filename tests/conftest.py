@@ -128,3 +128,16 @@ def pytest_collection_modifyitems(config, items):
         if "/tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
     items.sort(key=lambda item: "/tests/e2e/" in str(item.fspath))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment, django_db_blocker):
+    """Always create the test database, also for a run of end-to-end tests alone (they use committed_db, not the
+    django_db marker from which pytest-django would otherwise decide whether a database is needed)."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
