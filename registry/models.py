@@ -143,3 +143,64 @@ class LineageEdge(models.Model):
                 name="lineage_edge_has_exactly_one_parent",
             ),
         ]
+
+
+class Analysis(models.Model):
+    """How far a candidate version's behaviour moved from a reference version's on a dataset."""
+
+    reference = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="analyses_as_reference")
+    candidate = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="analyses_as_candidate")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="analyses")
+    params = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    # [{name, object_key}] of the chart PNGs stored beside the result.
+    plots = models.JSONField(default=list)
+    # The job that computes it: its status, progress and error are the analysis's.
+    job = models.OneToOneField("workers.Job", on_delete=models.PROTECT, related_name="analysis")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "analyses"
+
+    def __str__(self) -> str:
+        return f"analysis {self.pk}: {self.candidate} vs v{self.reference.number}"
+
+
+class Alias(models.Model):
+    """A named pointer (production, staging, ...) to one version of a model; moved only by governance."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="aliases")
+    name = models.CharField(max_length=64, validators=[model_name_validator])
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    since = models.DateTimeField(null=True, blank=True)
+    # Versions deployed here through approved change requests, oldest first, minus those rolled back away from:
+    # a plain rollback returns to the one below the top, so rolling back twice goes two steps back.
+    deploy_stack = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["model__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="alias_name_unique_per_model")]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.name}"
+
+
+class AliasChange(models.Model):
+    class Kind(models.TextChoices):
+        DEPLOY = "deploy"
+        ROLLBACK = "rollback"
+
+    alias = models.ForeignKey(Alias, on_delete=models.PROTECT, related_name="changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    from_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    change_request = models.ForeignKey("governance.ChangeRequest", null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="alias_changes")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]

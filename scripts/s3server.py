@@ -12,7 +12,7 @@ Importable (stdlib and minio only, no Django): start_server(data_dir) -> dict, s
 server_status(data_dir) -> dict, env_lines(data_dir) -> str.
 
 Data directory: --data-dir, else $S3_DATA_DIR, else <repo>/.var/s3. It holds
-    state.json            ports chosen at the first start (reused on restart while they are free), pid, version
+    state.json            ports chosen at the first start (reused on restart while they are free), weed version
     credentials.json      generated dev access key / secret (mode 0600), used for whichever of
                           S3_ACCESS_KEY / S3_SECRET_KEY (or their *_FILE variants) is unset
     s3-identities.json    the identities config given to `weed server -s3.config` (mode 0600)
@@ -35,7 +35,8 @@ What runs, and what does not (weed server flags checked against `weed server -h`
   * Only the S3 port checks credentials; the master/volume/filer ports are unauthenticated, as in any SeaweedFS
     without security.toml, and are reachable by local users only. This is a development server.
 
-SeaweedFS 4.48 S3 feature check (run for real against this server by tests/test_s3server.py, minio 7.2.20):
+SeaweedFS 4.48 S3 feature check (run for real against this configuration with minio 7.2.20; most of it is also
+tests/test_s3server.py):
   * SigV4 auth: a wrong secret gets 403 SignatureDoesNotMatch; anonymous requests get 403 AccessDenied.
   * make_bucket(object_lock=True) works and turns versioning on ("Enabled"); get_object_lock_config answers (no
     default rule) on such a bucket. Default retention rules (set_object_lock_config) are accepted and applied.
@@ -52,9 +53,15 @@ SeaweedFS 4.48 S3 feature check (run for real against this server by tests/test_
   * Multipart: put_object(length=-1, part_size=5 MiB) of a stream of unknown length works (minio requires
     part_size >= 5 MiB when length is -1); ETag is "<md5>-<parts>".
   * Ranged GET: get_object(offset=, length=) answers 206 with exactly those bytes.
-  Not working / caveats: none of the above failed. Stopping takes ~16 s: on SIGTERM the filer's gRPC server waits
+  Not working / caveats: none of the above failed. Stopping takes ~15 s: on SIGTERM the filer's gRPC server waits
   (hard-coded 15 s) for the in-process metadata subscriptions before it gives up; stop_server waits for that and
-  only sends SIGKILL after its own timeout.
+  only sends SIGKILL after its own timeout. Starting takes ~3-4 s, sometimes ~8 s: when the volume server's first
+  heartbeat comes before the master has won its (single-node) raft election it retries only 5 s later.
+  -master.electionTimeout=1s keeps a restart from waiting ~18 s for leadership. Tried and rejected:
+  -master.peers=none (single-master mode) and -master.raftHashicorp both made the next SIGTERM hang until SIGKILL;
+  -master.raftBootstrap is ignored by 4.48. The dev defaults for volumes: 1 GiB volumes (sparse files), at most
+  VOLUME_MAX of them, VOLUMES_PER_GROWTH created per bucket at a time (WEED_MASTER_VOLUME_GROWTH_COPY_1; the
+  SeaweedFS default of 7 per bucket and 8 volumes per server allowed only one bucket).
 
 The object-lock check at every start stores a tiny COMPLIANCE-retained (PROBE_RETENTION_SECONDS) version under
 PROBE_KEY and checks that deleting it is refused; versions whose retention has run out are removed at the next start.
@@ -200,10 +207,12 @@ def _write_identities(directory: Path, access_key: str, secret_key: str) -> Path
     return path
 
 
-def _configured_access_key(directory: Path) -> str | None:
+def _configured_credentials(directory: Path) -> tuple[str, str] | None:
+    """The (access key, secret) in the identities file the server was started with."""
     config = _load_json(directory / IDENTITIES_FILE) or {}
     with contextlib.suppress(LookupError, TypeError):
-        return config["identities"][0]["credentials"][0]["accessKey"]
+        entry = config["identities"][0]["credentials"][0]
+        return entry["accessKey"], entry["secretKey"]
     return None
 
 
@@ -341,7 +350,7 @@ def _locked(directory: Path):
     """Serialise start/stop on one data dir (two dev scripts starting at once)."""
     import fcntl
 
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(directory / LOCK_FILE, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -569,10 +578,11 @@ def start_server(data_dir: Path | str | None = None, *, timeout: float | None = 
         if pid is not None and "s3" not in state.get("ports", {}):
             raise S3ServerError(f"weed server pid {pid} runs but {directory / STATE_FILE} has no ports; stop it.")
         if pid is not None:
-            configured = _configured_access_key(directory)
-            if configured and configured != access_key:
-                print(f"warning: the running server was started with access key {configured}, not {access_key}; "
-                      "stop and start it to apply the new credentials", file=sys.stderr)
+            configured = _configured_credentials(directory)
+            if configured and configured != (access_key, secret_key):
+                raise S3ServerError(
+                    f"The running server (pid {pid}) was started with other credentials (access key {configured[0]}) "
+                    "than S3_ACCESS_KEY / S3_SECRET_KEY now give; stop and start it to apply them.")
             _prepare_bucket(state["ports"]["s3"], access_key, secret_key, bucket, deadline)
             info = _info(directory, state, pid)
             info.update(already_running=True, startup_seconds=0.0)
@@ -658,9 +668,9 @@ def env_lines(data_dir: Path | str | None = None) -> str:
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
-def _print_summary(info: dict) -> None:
+def _print_summary(info: dict, *, checked: bool = True) -> None:
     print(f"  endpoint: {info['endpoint']}")
-    print(f"  bucket:   {info['bucket']} (versioning on, object lock checked)")
+    print(f"  bucket:   {info['bucket']}" + (" (versioning on, object lock checked)" if checked else ""))
     print(f"  data dir: {info['data_dir']}")
     print(f"  log:      {info['log']}")
     print(f"  access key {info['access_key']}; the secret: `python scripts/s3server.py env`")
@@ -700,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"S3 server not running (data dir {info['data_dir']})")
                 return 3
             print(f"S3 server running (pid {info['pid']})")
-            _print_summary(info)
+            _print_summary(info, checked=False)
         else:
             directory = _data_dir(args.data_dir)
             lines = env_lines(directory)

@@ -76,3 +76,108 @@ class JobCancelView(APIView):
     def post(self, request, job_id):
         job = services.cancel_job(job=get_job(job_id), actor=request.user)
         return Response(JobSerializer(job).data)
+
+
+class AnalysisRequestSerializer(serializers.Serializer):
+    reference = serializers.IntegerField(required=False, min_value=1, help_text="Version number; default: parent")
+    dataset = serializers.IntegerField(min_value=1)
+    max_tokens = serializers.IntegerField(default=4096)
+    top_k = serializers.IntegerField(default=5)
+
+
+def analysis_document(analysis) -> dict:
+    """The API's analysis shape: identity and status from the job, statistics from the result."""
+    job = analysis.job
+    document = {
+        "id": analysis.pk, "status": job.status, "progress": job.progress, "message": job.message,
+        "error": job.error, "job": job.pk,
+        "reference": {"model": analysis.reference.model.name, "version": analysis.reference.number},
+        "candidate": {"model": analysis.candidate.model.name, "version": analysis.candidate.number},
+        "dataset": analysis.dataset_id, "params": analysis.params, "created_at": analysis.created_at,
+    }
+    result = dict(analysis.result or {})
+    result.pop("histograms", None)
+    document.update(result)
+    document["plots"] = [{"name": plot["name"], "url": f"/api/v1/analyses/{analysis.pk}/plots/{plot['name']}"}
+                         for plot in analysis.plots]
+    return document
+
+
+def get_analysis(analysis_id):
+    from registry.models import Analysis
+
+    try:
+        return Analysis.objects.select_related("job", "reference__model", "candidate__model").get(pk=analysis_id)
+    except Analysis.DoesNotExist:
+        raise NotFound(f"No analysis with id {analysis_id}.") from None
+
+
+class AnalysisStartView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request=AnalysisRequestSerializer, responses={202: dict})
+    def post(self, request, name, number):
+        payload = AnalysisRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        candidate = selectors.get_version(name, number)
+        reference = selectors.get_version(name, data["reference"]) if data.get("reference") else None
+        analysis = services.start_analysis(candidate=candidate, reference=reference,
+                                           dataset=selectors.get_dataset(data["dataset"]),
+                                           max_tokens=data["max_tokens"], top_k=data["top_k"], actor=request.user)
+        return Response({"job": analysis.job.pk, "analysis": analysis.pk}, status=status.HTTP_202_ACCEPTED)
+
+
+class AnalysisDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    def get(self, request, analysis_id):
+        return Response(analysis_document(get_analysis(analysis_id)))
+
+
+class AnalysisPlotView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses={302: None})
+    def get(self, request, analysis_id, plot):
+        from django.http import HttpResponseRedirect
+
+        from registry import storage
+
+        analysis = get_analysis(analysis_id)
+        item = next((p for p in analysis.plots if p["name"] == plot), None)
+        if item is None:
+            raise NotFound(f"Analysis {analysis_id} has no plot {plot!r}.")
+        return HttpResponseRedirect(storage.presigned_download_url(item["object_key"], filename=f"{plot}.png",
+                                                                   version_id=item.get("version_id", "")))
+
+
+class LoraRequestSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField(min_value=1)
+    r = serializers.IntegerField(required=False)
+    alpha = serializers.FloatField(required=False)
+    dropout = serializers.FloatField(required=False)
+    target_modules = serializers.ListField(child=serializers.CharField(max_length=200), required=False,
+                                           allow_empty=False)
+    steps = serializers.IntegerField(required=False)
+    epochs = serializers.IntegerField(required=False)
+    learning_rate = serializers.FloatField(required=False)
+    batch_size = serializers.IntegerField(required=False)
+    gradient_accumulation = serializers.IntegerField(required=False)
+    max_length = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False)
+    eval_fraction = serializers.FloatField(required=False)
+
+
+class LoraUpdateView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request=LoraRequestSerializer, responses={202: JobSerializer})
+    def post(self, request, name, number):
+        payload = LoraRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        lora_settings = dict(payload.validated_data)
+        dataset = selectors.get_dataset(lora_settings.pop("dataset"))
+        job = services.start_lora_update(base=selectors.get_version(name, number), dataset=dataset,
+                                         lora_settings=lora_settings, actor=request.user)
+        return Response({"job": job.pk, **JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)

@@ -77,8 +77,17 @@ def fail_job(*, job_id: int, error: str, cancelled: bool = False) -> None:
     job.message = "Cancelled" if cancelled else "Failed"
     job.finished_at = timezone.now()
     job.save(update_fields=["status", "error", "message", "finished_at"])
+    _release_waiting_requests(job)
     append_event(actor=job.created_by, action=f"job.{job.status}", object_type="job", object_id=job.pk,
                  model_name=_model_name(job), after={"kind": job.kind, "error": job.error})
+
+
+def _release_waiting_requests(job: Job) -> None:
+    """Change requests waiting on an analysis that will never finish are blocked with the reason."""
+    if job.kind == Job.Kind.ANALYSIS:
+        from governance.services import analysis_failed
+
+        analysis_failed(analysis_id=job.analysis.pk, error=job.error or "the analysis was cancelled")
 
 
 @transaction.atomic
@@ -96,6 +105,8 @@ def cancel_job(*, job: Job, actor) -> Job:
         job.message = "Cancelling at the next safe point"
         fields.append("message")
     job.save(update_fields=fields)
+    if job.status == Job.Status.CANCELLED:
+        _release_waiting_requests(job)
     append_event(actor=actor, action="job.cancel_requested", object_type="job", object_id=job.pk,
                  model_name=_model_name(job), after={"status": job.status})
     return job
@@ -141,3 +152,59 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
     params = {"method": method, "compute_dtype": compute_dtype, "double_quant": double_quant,
               "skip_modules": skip_modules}
     return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+
+
+def default_reference(version):
+    """The version an analysis compares against when none is named: the one it was derived from."""
+    edge = version.parent_edges.filter(parent_version__isnull=False).select_related("parent_version__model").first()
+    return edge.parent_version if edge else None
+
+
+def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096, top_k: int = 5, actor):
+    """Check an analysis request and queue it; returns the Analysis (its job is analysis.job)."""
+    from registry.errors import InvalidInput
+    from registry.services import create_analysis
+    from workers.pipelines.analysis import AnalysisSpec, validate_analysis_spec
+    from workers.pipelines.errors import PipelineInputError
+
+    reference = reference or default_reference(candidate)
+    if reference is None:
+        raise InvalidInput(f"{candidate} has no parent version; name the reference version to compare against.",
+                           field="reference")
+    for version in (candidate, reference):
+        if not version.is_sealed:
+            raise Conflict(f"{version} is a draft; seal it before analysing it.")
+    if dataset.purpose != "evaluation":
+        raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; analyses need an "
+                           "evaluation dataset.", field="dataset")
+    try:
+        validate_analysis_spec(AnalysisSpec(max_tokens=max_tokens, top_k=top_k))
+    except PipelineInputError as error:
+        raise InvalidInput(str(error)) from None
+    params = {"max_tokens": max_tokens, "top_k": top_k}
+    with transaction.atomic():
+        job = create_job(kind=Job.Kind.ANALYSIS, params=params, source_version=candidate, actor=actor)
+        return create_analysis(reference=reference, candidate=candidate, dataset=dataset, params=params, job=job,
+                               actor=actor)
+
+
+def start_lora_update(*, base, dataset, lora_settings: dict, actor) -> Job:
+    """Check a LoRA update request against its base version and dataset and queue it."""
+    from registry.errors import InvalidInput, Unprocessable
+    from workers.pipelines.errors import PipelineInputError
+    from workers.pipelines.lora import LoraSpec, validate_lora_spec
+
+    if not base.is_sealed:
+        raise Conflict(f"{base} is a draft; seal it before training on it.")
+    if base.kind == "lora":
+        raise Unprocessable(f"{base} is itself a LoRA adapter; train on the version it was adapted from.")
+    if dataset.purpose != "training":
+        raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; LoRA updates need a "
+                           "training dataset.", field="dataset")
+    try:
+        spec = LoraSpec(**{key: value for key, value in lora_settings.items() if value is not None})
+        validate_lora_spec(spec)
+    except (PipelineInputError, TypeError) as error:
+        raise InvalidInput(str(error)) from None
+    params = {"dataset": dataset.pk, **{key: value for key, value in lora_settings.items() if value is not None}}
+    return create_job(kind=Job.Kind.LORA, params=params, source_version=base, actor=actor)

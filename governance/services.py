@@ -1,0 +1,396 @@
+"""Change requests, decisions, deployments and rollbacks: one transaction each, rows locked, audit written inside.
+
+Separation of duties lives here, not in views: the requester and the author of the candidate version never
+decide; one decision per person per round (also a database constraint); a deployment moves the alias in the
+same transaction as the decision that reached the quorum.
+"""
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from governance.audit import append_event
+from governance.models import DEFAULT_GATES, ChangeRequest, Decision, Policy
+from registry.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unprocessable
+from registry.models import Alias, AliasChange, Analysis, Dataset, ModelVersion, RegisteredModel
+from registry.roles import APPROVER, ML_ENGINEER, OPS, has_role
+
+POLICY_FIELDS = ("required_approvals", "kl_mean_max", "kl_p99_max", "same_top1_min", "ppl_ratio_max",
+                 "flip_rate_max", "allow_override", "expiry_days")
+
+
+def default_policy(alias: str) -> dict:
+    return {"required_approvals": 2 if alias == "production" else 1, **DEFAULT_GATES, "allow_override": False,
+            "expiry_days": 7}
+
+
+def effective_policy(model: RegisteredModel, alias: str) -> dict:
+    policy = Policy.objects.filter(model=model, alias=alias).first()
+    if policy is None:
+        return default_policy(alias)
+    return {field: getattr(policy, field) for field in POLICY_FIELDS}
+
+
+@transaction.atomic
+def set_policy(*, model: RegisteredModel, alias: str, values: dict, actor) -> dict:
+    """Replace the policy of one alias (superusers only)."""
+    if not actor.is_superuser:
+        raise PermissionDenied("Only superusers may change a deployment policy.")
+    before = effective_policy(model, alias)
+    merged = {**before, **values}
+    if merged["required_approvals"] < 1:
+        raise InvalidInput("required_approvals must be at least 1.", field="required_approvals")
+    policy, _ = Policy.objects.select_for_update().get_or_create(
+        model=model, alias=alias, defaults={**merged, "updated_by": actor})
+    for field in POLICY_FIELDS:
+        setattr(policy, field, merged[field])
+    policy.updated_by = actor
+    policy.save()
+    append_event(actor=actor, action="policy.updated", object_type="policy", object_id=policy.pk,
+                 model_name=model.name, before=before, after=merged | {"alias": alias})
+    return merged
+
+
+def compute_gates(result: dict, policy: dict) -> list[dict]:
+    """Gate rows {name, threshold, value, passed} for every threshold the policy sets."""
+    flips = result.get("flips") or {}
+    measured = {
+        "kl_mean_max": ("kl_mean", result["kl"]["mean"], "max"),
+        "kl_p99_max": ("kl_p99", result["kl"]["p99"], "max"),
+        "same_top1_min": ("same_top1", result["top1_agreement"], "min"),
+        "ppl_ratio_max": ("ppl_ratio", result["ppl_ratio"], "max"),
+        "flip_rate_max": ("flip_rate", flips.get("rate"), "max"),
+    }
+    gates = []
+    for key, (name, value, direction) in measured.items():
+        threshold = policy.get(key)
+        if threshold is None:
+            continue
+        if value is None:
+            gates.append({"name": name, "threshold": threshold, "value": None, "passed": False,
+                          "note": "not measured: use a multiple-choice evaluation dataset" if name == "flip_rate"
+                          else "not measured"})
+            continue
+        passed = value <= threshold if direction == "max" else value >= threshold
+        gates.append({"name": name, "threshold": threshold, "value": value, "passed": bool(passed)})
+    return gates
+
+
+def _snapshot(request: ChangeRequest) -> dict:
+    return {"status": request.status, "from_version": request.from_version.number if request.from_version else None,
+            "to_version": request.to_version.number, "required_approvals": request.required_approvals,
+            "override": request.override, "round": request.round, "gates": request.gates}
+
+
+def _apply_gates(request: ChangeRequest, analysis: Analysis | None) -> None:
+    """Set status, gates and quorum from the analysis (or none, for a first deployment)."""
+    policy = effective_policy(request.model, request.alias)
+    request.policy_snapshot = policy
+    request.required_approvals = policy["required_approvals"]
+    request.override = False
+    request.analysis = analysis
+    request.gates = compute_gates(analysis.result, policy) if analysis else []
+    if all(gate["passed"] for gate in request.gates):
+        request.status, request.status_reason = ChangeRequest.Status.PENDING, ""
+    elif policy["allow_override"]:
+        # A failed gate may be overridden only with one more approval than usual and a written justification.
+        request.status, request.override = ChangeRequest.Status.PENDING, True
+        request.required_approvals += 1
+        request.status_reason = "A gate failed; the policy allows an override with one extra approval."
+    else:
+        failed = ", ".join(g["name"] for g in request.gates if not g["passed"])
+        request.status, request.status_reason = ChangeRequest.Status.BLOCKED, f"Gates failed: {failed}."
+
+
+def _find_analysis(reference: ModelVersion, candidate: ModelVersion) -> Analysis | None:
+    return (Analysis.objects.filter(reference=reference, candidate=candidate, result__isnull=False)
+            .order_by("-created_at").first())
+
+
+def _pending_analysis(reference: ModelVersion, candidate: ModelVersion) -> Analysis | None:
+    return (Analysis.objects.filter(reference=reference, candidate=candidate, result__isnull=True,
+                                    job__status__in=["queued", "running"]).order_by("-created_at").first())
+
+
+def _evaluation_dataset(dataset_id) -> Dataset:
+    if dataset_id is not None:
+        dataset = Dataset.objects.filter(pk=dataset_id).first()
+        if dataset is None:
+            raise NotFound(f"No dataset with id {dataset_id}.")
+        return dataset
+    dataset = Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).order_by("-created_at").first()
+    if dataset is None:
+        raise Unprocessable("Gates need an analysis, and no evaluation dataset is registered; register one "
+                            "(POST /api/v1/datasets/ with purpose=evaluation) or name one in `dataset`.")
+    return dataset
+
+
+def _gate_or_queue(request: ChangeRequest, actor) -> None:
+    """Compute gates now if the analysis exists; otherwise queue it and wait in `analysing` (or `stale`)."""
+    if request.from_version is None:
+        _apply_gates(request, None)
+        return
+    analysis = _find_analysis(request.from_version, request.to_version)
+    if analysis:
+        _apply_gates(request, analysis)
+        return
+    from workers.services import start_analysis
+
+    analysis = _pending_analysis(request.from_version, request.to_version) or start_analysis(
+        candidate=request.to_version, reference=request.from_version, dataset=request.dataset, actor=actor)
+    request.analysis = analysis
+    request.gates = []
+    if request.status != ChangeRequest.Status.STALE:
+        request.status = ChangeRequest.Status.ANALYSING
+
+
+def open_change_request(*, model: RegisteredModel, alias: str, version_number: int, justification: str,
+                        dataset_id=None, actor) -> ChangeRequest:
+    """Ask to point `alias` at a sealed version; gates come from an analysis against the alias's current version."""
+    if not has_role(actor, ML_ENGINEER):
+        raise PermissionDenied("Opening a change request needs the ml_engineer role.")
+    if not (justification or "").strip():
+        raise InvalidInput("Give a justification for the change.", field="justification")
+    with transaction.atomic():
+        to_version = ModelVersion.objects.filter(model=model, number=version_number).first()
+        if to_version is None:
+            raise NotFound(f"Model {model.name!r} has no version {version_number}.")
+        if not to_version.is_sealed:
+            raise Conflict(f"{to_version} is a draft; only sealed versions can be deployed.")
+        alias_row, _ = Alias.objects.get_or_create(model=model, name=alias)
+        if alias_row.version_id == to_version.pk:
+            raise Conflict(f"{model.name}@{alias} already points at v{to_version.number}.")
+        policy = effective_policy(model, alias)
+        request = ChangeRequest(
+            model=model, alias=alias, from_version=alias_row.version, to_version=to_version,
+            justification=justification.strip(), requested_by=actor, status=ChangeRequest.Status.ANALYSING,
+            required_approvals=policy["required_approvals"],
+            expires_at=timezone.now() + timedelta(days=policy["expiry_days"]),
+        )
+        if request.from_version is not None:
+            request.dataset = _evaluation_dataset(dataset_id)
+        _gate_or_queue(request, actor)
+        request.save()
+        append_event(actor=actor, action="change_request.opened", object_type="change_request",
+                     object_id=request.pk, model_name=model.name,
+                     after=_snapshot(request) | {"alias": alias, "justification": request.justification})
+    return request
+
+
+@transaction.atomic
+def analysis_completed(*, analysis_id: int) -> None:
+    """Requests waiting for this analysis get their gates."""
+    for request in (ChangeRequest.objects.select_for_update().select_related("model", "from_version", "to_version")
+                    .filter(analysis_id=analysis_id,
+                            status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
+        before = _snapshot(request)
+        _apply_gates(request, Analysis.objects.get(pk=analysis_id))
+        request.save()
+        append_event(actor=None, action="change_request.gated", object_type="change_request", object_id=request.pk,
+                     model_name=request.model.name, before=before, after=_snapshot(request))
+        if request.status == ChangeRequest.Status.PENDING:
+            _on_commit_draft_report(request)
+
+
+@transaction.atomic
+def analysis_failed(*, analysis_id: int, error: str) -> None:
+    for request in ChangeRequest.objects.select_for_update().select_related("model").filter(
+            analysis_id=analysis_id, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE]):
+        before = _snapshot(request)
+        request.status = ChangeRequest.Status.BLOCKED
+        request.status_reason = f"The analysis failed: {error}"
+        request.save(update_fields=["status", "status_reason"])
+        append_event(actor=None, action="change_request.blocked", object_type="change_request",
+                     object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
+
+
+def _expire_if_due(request_id: int) -> None:
+    with transaction.atomic():
+        request = ChangeRequest.objects.select_for_update().select_related("model").get(pk=request_id)
+        if request.status in ChangeRequest.OPEN and request.expires_at <= timezone.now():
+            before = _snapshot(request)
+            request.status = ChangeRequest.Status.EXPIRED
+            request.save(update_fields=["status"])
+            append_event(actor=None, action="change_request.expired", object_type="change_request",
+                         object_id=request.pk, model_name=request.model.name, before=before,
+                         after=_snapshot(request))
+
+
+def decide(*, change_request: ChangeRequest, actor, decision: str, comment: str) -> ChangeRequest:
+    """Record an approval or rejection; at quorum the alias moves in this same transaction."""
+    if decision not in Decision.Verdict.values:
+        raise InvalidInput("decision must be 'approve' or 'reject'.", field="decision")
+    if not has_role(actor, APPROVER):
+        raise PermissionDenied("Deciding a change request needs the approver role.")
+    _expire_if_due(change_request.pk)
+    with transaction.atomic():
+        request = (ChangeRequest.objects.select_for_update(of=("self",))
+                   .select_related("model", "to_version", "from_version").get(pk=change_request.pk))
+        if actor.pk == request.requested_by_id:
+            raise PermissionDenied("You opened this change request; someone else must decide it (four eyes).")
+        if actor.pk == request.to_version.created_by_id:
+            raise PermissionDenied("You created the candidate version; someone else must decide it (four eyes).")
+        if request.status != ChangeRequest.Status.PENDING:
+            raise Conflict(f"Change request {request.pk} is {request.status}; only pending requests take decisions.")
+        if request.decisions.filter(decided_by=actor, round=request.round).exists():
+            raise Conflict("You have already decided this change request.")
+        before = _snapshot(request)
+        try:
+            with transaction.atomic():
+                Decision.objects.create(change_request=request, decided_by=actor, decision=decision,
+                                        comment=comment or "", round=request.round)
+        except IntegrityError:
+            raise Conflict("You have already decided this change request.") from None
+        append_event(actor=actor, action=f"change_request.{decision}d", object_type="change_request",
+                     object_id=request.pk, model_name=request.model.name, after={"comment": comment or "",
+                                                                               "round": request.round})
+        if decision == Decision.Verdict.REJECT:
+            request.status = ChangeRequest.Status.REJECTED
+            request.save(update_fields=["status"])
+        elif request.decisions.filter(round=request.round, decision="approve").count() >= request.required_approvals:
+            _deploy(request, actor)
+        else:
+            _on_commit_sign_report(request, actor)
+        append_event(actor=actor, action="change_request.updated", object_type="change_request",
+                     object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
+    return request
+
+
+def _deploy(request: ChangeRequest, actor) -> None:
+    alias = Alias.objects.select_for_update().get(model=request.model, name=request.alias)
+    if alias.version_id != (request.from_version.pk if request.from_version else None):
+        # The alias moved since the gates were computed (should have been marked stale): never deploy blind.
+        raise Conflict("The alias moved since this request was gated; it is being re-analysed.")
+    _move_alias(alias, to_version=request.to_version, kind=AliasChange.Kind.DEPLOY, actor=actor,
+                reason=request.justification, change_request=request)
+    alias.deploy_stack = [*alias.deploy_stack, request.to_version.number]
+    alias.save(update_fields=["deploy_stack"])
+    request.status = ChangeRequest.Status.DEPLOYED
+    request.deployed_at = timezone.now()
+    request.save(update_fields=["status", "deployed_at"])
+    _mark_others_stale(alias, exclude=request.pk, actor=actor)
+    _on_commit_final_report(request, actor)
+
+
+def _move_alias(alias: Alias, *, to_version: ModelVersion, kind: str, actor, reason: str,
+                change_request: ChangeRequest | None) -> AliasChange:
+    from_version = alias.version
+    alias.version = to_version
+    alias.since = timezone.now()
+    alias.save(update_fields=["version", "since"])
+    change = AliasChange.objects.create(alias=alias, kind=kind, from_version=from_version, to_version=to_version,
+                                        change_request=change_request, actor=actor, reason=reason)
+    # Production moved: anchor the audit chain's new head in object-locked storage (asynchronously).
+    transaction.on_commit(_anchor_audit_head_later)
+    append_event(actor=actor, action=f"alias.{kind}", object_type="alias", object_id=alias.pk,
+                 model_name=alias.model.name,
+                 before={"alias": alias.name, "version": from_version.number if from_version else None},
+                 after={"alias": alias.name, "version": to_version.number, "reason": reason,
+                        "change_request": change_request.pk if change_request else None})
+    return change
+
+
+def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
+    """Pending requests for an alias that just moved were gated against the old version: re-gate them."""
+    others = (ChangeRequest.objects.select_for_update(of=("self",)).select_related("model", "to_version")
+              .filter(model=alias.model, alias=alias.name, status__in=ChangeRequest.OPEN).exclude(pk=exclude))
+    for request in others:
+        before = _snapshot(request)
+        request.status = ChangeRequest.Status.STALE
+        request.status_reason = f"The alias moved to v{alias.version.number}; gates are being recomputed."
+        request.from_version = alias.version
+        request.round += 1
+        if request.to_version_id == alias.version_id:
+            request.status_reason = "The alias already points at this version."
+            request.save()
+            continue
+        if request.dataset is None:
+            request.dataset = Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).order_by(
+                "-created_at").first()
+        if request.dataset is not None:
+            _gate_or_queue(request, actor)
+        request.save()
+        append_event(actor=actor, action="change_request.stale", object_type="change_request",
+                     object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
+
+
+def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_number: int | None, actor) -> AliasChange:
+    """Point the alias back at the previously deployed version, or at a named one deployed there before."""
+    if not has_role(actor, OPS):
+        raise PermissionDenied("Rolling back needs the ops role.")
+    if not (reason or "").strip():
+        raise InvalidInput("Give a reason for the rollback.", field="reason")
+    with transaction.atomic():
+        alias_row = Alias.objects.select_for_update().select_related("model", "version").filter(
+            model=model, name=alias).first()
+        if alias_row is None or alias_row.version is None:
+            raise Conflict(f"{model.name}@{alias} has never been deployed; there is nothing to roll back.")
+        stack = list(alias_row.deploy_stack)
+        if to_version_number is None:
+            if len(stack) < 2:
+                raise Conflict(f"{model.name}@{alias} has no earlier deployed version to return to.")
+            stack.pop()
+            target_number = stack[-1]
+        else:
+            target_number = to_version_number
+            if target_number == alias_row.version.number:
+                raise Conflict(f"{model.name}@{alias} already points at v{target_number}.")
+            was_deployed = ChangeRequest.objects.filter(model=model, alias=alias, to_version__number=target_number,
+                                                        status=ChangeRequest.Status.DEPLOYED).exists()
+            if not was_deployed:
+                raise Unprocessable(f"v{target_number} was never deployed to {model.name}@{alias} through an "
+                                    "approved change request; a rollback can only return to such a version.",
+                                    field="to_version")
+            while stack and stack[-1] != target_number:
+                stack.pop()
+            if not stack:
+                stack = [target_number]
+        target = ModelVersion.objects.get(model=model, number=target_number)
+        change = _move_alias(alias_row, to_version=target, kind=AliasChange.Kind.ROLLBACK, actor=actor,
+                             reason=reason.strip(), change_request=None)
+        alias_row.deploy_stack = stack
+        alias_row.save(update_fields=["deploy_stack"])
+        _mark_others_stale(alias_row, exclude=None, actor=actor)
+        _on_commit_rollback_report(change, actor)
+    return change
+
+
+def expire_due_change_requests() -> int:
+    """Mark every open request past its expiry date as expired; returns how many."""
+    due = list(ChangeRequest.objects.filter(status__in=ChangeRequest.OPEN, expires_at__lte=timezone.now())
+               .values_list("pk", flat=True))
+    for request_id in due:
+        _expire_if_due(request_id)
+    return len(due)
+
+
+def _anchor_audit_head_later() -> None:
+    from governance.tasks import anchor_audit_head
+
+    anchor_audit_head.apply_async(queue="cpu")
+
+
+# Reports (signed PDFs) are produced by the reports app after the transaction commits; these hooks stay no-ops
+# until it is installed, so governance never waits for rendering.
+def _on_commit_draft_report(request: ChangeRequest) -> None:
+    from reports.hooks import draft_report_requested
+
+    transaction.on_commit(lambda: draft_report_requested(request.pk))
+
+
+def _on_commit_sign_report(request: ChangeRequest, actor) -> None:
+    from reports.hooks import approval_recorded
+
+    transaction.on_commit(lambda: approval_recorded(request.pk, actor.pk))
+
+
+def _on_commit_final_report(request: ChangeRequest, actor) -> None:
+    from reports.hooks import deployment_recorded
+
+    transaction.on_commit(lambda: deployment_recorded(request.pk, actor.pk))
+
+
+def _on_commit_rollback_report(change: AliasChange, actor) -> None:
+    from reports.hooks import rollback_recorded
+
+    transaction.on_commit(lambda: rollback_recorded(change.pk, actor.pk))
