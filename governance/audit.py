@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from django.db import connection, transaction
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from governance.models import AuditEvent
@@ -25,11 +26,11 @@ def _epoch_microseconds(moment) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def canonical_event_bytes(*, sequence, occurred_at, actor_name, action, model_name, object_type, object_id,
+def canonical_event_bytes(*, sequence, occurred_at_us: int, actor_name, action, model_name, object_type, object_id,
                           before, after, prev_hash) -> bytes:
     document = {
         "sequence": sequence,
-        "occurred_at_us": _epoch_microseconds(occurred_at),
+        "occurred_at_us": occurred_at_us,
         "actor": actor_name,
         "action": action,
         "model": model_name,
@@ -42,10 +43,10 @@ def canonical_event_bytes(*, sequence, occurred_at, actor_name, action, model_na
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _event_hash(event: AuditEvent) -> str:
+def _event_hash(event: AuditEvent, occurred_at_us: int) -> str:
     return hashlib.sha256(
         canonical_event_bytes(
-            sequence=event.sequence, occurred_at=event.occurred_at, actor_name=event.actor_name,
+            sequence=event.sequence, occurred_at_us=occurred_at_us, actor_name=event.actor_name,
             action=event.action, model_name=event.model_name, object_type=event.object_type,
             object_id=event.object_id, before=event.before, after=event.after, prev_hash=event.prev_hash,
         )
@@ -78,7 +79,7 @@ def append_event(*, actor, action: str, object_type: str, object_id, model_name:
         after=_json_roundtrip(after),
         prev_hash=last.hash if last else GENESIS_HASH,
     )
-    event.hash = _event_hash(event)
+    event.hash = _event_hash(event, _epoch_microseconds(event.occurred_at))
     event.save(force_insert=True)
     return event
 
@@ -103,12 +104,16 @@ def verify_chain(*, expected_head: tuple[int, str] | None = None) -> ChainVerifi
     count = 0
     anchor_seen = expected_head is None
     with transaction.atomic():
-        for event in AuditEvent.objects.order_by("sequence").iterator(chunk_size=2000):
+        # The instant is read as epoch microseconds computed by PostgreSQL itself: a driver converting
+        # timestamptz text can mislabel local times when the session time zone is not UTC.
+        events = AuditEvent.objects.order_by("sequence").annotate(
+            occurred_at_us=RawSQL("(EXTRACT(EPOCH FROM occurred_at) * 1000000)::bigint", []))
+        for event in events.iterator(chunk_size=2000):
             if event.sequence != expected_sequence:
                 return ChainVerification(False, count, expected_sequence, "event missing from the sequence", previous_hash)
             if event.prev_hash != previous_hash:
                 return ChainVerification(False, count, event.sequence, "link to the previous event is broken", previous_hash)
-            if _event_hash(event) != event.hash:
+            if _event_hash(event, event.occurred_at_us) != event.hash:
                 return ChainVerification(False, count, event.sequence, "event content does not match its hash", previous_hash)
             if expected_head and event.sequence == expected_head[0]:
                 if event.hash != expected_head[1]:

@@ -180,7 +180,7 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
 @transaction.atomic
 def analysis_completed(*, analysis_id: int) -> None:
     """Requests waiting for this analysis get their gates."""
-    for request in (ChangeRequest.objects.select_for_update().select_related("model", "from_version", "to_version")
+    for request in (ChangeRequest.objects.select_for_update(of=("self",)).select_related("model", "from_version", "to_version")
                     .filter(analysis_id=analysis_id,
                             status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
         before = _snapshot(request)
@@ -194,7 +194,7 @@ def analysis_completed(*, analysis_id: int) -> None:
 
 @transaction.atomic
 def analysis_failed(*, analysis_id: int, error: str) -> None:
-    for request in ChangeRequest.objects.select_for_update().select_related("model").filter(
+    for request in ChangeRequest.objects.select_for_update(of=("self",)).select_related("model").filter(
             analysis_id=analysis_id, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE]):
         before = _snapshot(request)
         request.status = ChangeRequest.Status.BLOCKED
@@ -206,7 +206,7 @@ def analysis_failed(*, analysis_id: int, error: str) -> None:
 
 def _expire_if_due(request_id: int) -> None:
     with transaction.atomic():
-        request = ChangeRequest.objects.select_for_update().select_related("model").get(pk=request_id)
+        request = ChangeRequest.objects.select_for_update(of=("self",)).select_related("model").get(pk=request_id)
         if request.status in ChangeRequest.OPEN and request.expires_at <= timezone.now():
             before = _snapshot(request)
             request.status = ChangeRequest.Status.EXPIRED
@@ -321,7 +321,7 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
     if not (reason or "").strip():
         raise InvalidInput("Give a reason for the rollback.", field="reason")
     with transaction.atomic():
-        alias_row = Alias.objects.select_for_update().select_related("model", "version").filter(
+        alias_row = Alias.objects.select_for_update(of=("self",)).select_related("model", "version").filter(
             model=model, name=alias).first()
         if alias_row is None or alias_row.version is None:
             raise Conflict(f"{model.name}@{alias} has never been deployed; there is nothing to roll back.")

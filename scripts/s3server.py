@@ -35,8 +35,8 @@ What runs, and what does not (weed server flags checked against `weed server -h`
   * Only the S3 port checks credentials; the master/volume/filer ports are unauthenticated, as in any SeaweedFS
     without security.toml, and are reachable by local users only. This is a development server.
 
-SeaweedFS 4.48 S3 feature check (run for real against this configuration with minio 7.2.20; most of it is also
-tests/test_s3server.py):
+SeaweedFS 4.48 S3 feature check (run for real against this configuration with minio 7.2.20; most of it is repeated
+by tests/test_s3server.py):
   * SigV4 auth: a wrong secret gets 403 SignatureDoesNotMatch; anonymous requests get 403 AccessDenied.
   * make_bucket(object_lock=True) works and turns versioning on ("Enabled"); get_object_lock_config answers (no
     default rule) on such a bucket. Default retention rules (set_object_lock_config) are accepted and applied.
@@ -45,7 +45,8 @@ tests/test_s3server.py):
   * Object lock retention: GOVERNANCE and COMPLIANCE both work. Deleting a retained version is refused (403
     AccessDenied); shortening a COMPLIANCE retention is refused; a GOVERNANCE version can be deleted with the
     x-amz-bypass-governance-retention header (the minio SDK has no argument for it); a COMPLIANCE one cannot;
-    after the retain-until date the version can be deleted. Retention on a bucket without object lock is refused
+    after the retain-until date the version can be deleted; extending a retention works; writing a new version
+    over a retained key works (the retained version stays). Retention on a bucket without object lock is refused
     (InvalidRequest), and object lock cannot be switched on for an existing bucket through this script: a bucket
     that exists without it makes start fail.
   * Legal hold: put with legal_hold=True, is_object_legal_hold_enabled, delete refused while on, disable works.
@@ -53,6 +54,8 @@ tests/test_s3server.py):
   * Multipart: put_object(length=-1, part_size=5 MiB) of a stream of unknown length works (minio requires
     part_size >= 5 MiB when length is -1); ETag is "<md5>-<parts>".
   * Ranged GET: get_object(offset=, length=) answers 206 with exactly those bytes.
+  * Also fine: fget_object, copy_object, presigned PUT, object tags; no upload auto-creates a bucket; DeleteBucket
+    of a non-empty bucket is refused (BucketNotEmpty).
   Not working / caveats: none of the above failed. Stopping takes ~15 s: on SIGTERM the filer's gRPC server waits
   (hard-coded 15 s) for the in-process metadata subscriptions before it gives up; stop_server waits for that and
   only sends SIGKILL after its own timeout. Starting takes ~3-4 s, sometimes ~8 s: when the volume server's first
