@@ -19,6 +19,9 @@ from django.db import connection
 from tests.conftest import make_user
 
 ROOT = Path(__file__).resolve().parents[2]
+# Playwright's sync API keeps an event loop running in this thread; the test's own ORM calls are still
+# synchronous, so Django's async-safety guard is lifted for the test process (never for the server).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -49,6 +52,7 @@ def e2e_users(committed_db, unique):
 def _process_env() -> dict:
     settings_dict = connection.settings_dict
     env = dict(os.environ)
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     env.update({
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": (f"postgresql://{settings_dict['USER'] or 'postgres'}@{settings_dict['HOST'] or '127.0.0.1'}:"
@@ -143,9 +147,9 @@ def web_server(committed_db, tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base_url}/healthz", timeout=2).status_code in (200, 503):
+            if requests.get(f"{base_url}/healthz", timeout=10).status_code in (200, 503):
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.2)
     else:
         process.kill()

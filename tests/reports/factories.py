@@ -1,0 +1,158 @@
+"""Report test data: sealed versions built through the registry services, derived versions, analyses with a
+synthetic 32-block result, and a full production history (deploy, quantized update, LoRA request, rollback)."""
+import json
+import math
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from django.core.files.uploadedfile import SimpleUploadedFile
+from safetensors.numpy import save as save_safetensors
+
+from governance import services as governance
+from registry import services as registry_services
+from registry.models import Analysis, LineageEdge, ModelVersion
+from tests.conftest import jsonl
+from workers.models import Job
+
+MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+           "mlp.up_proj", "mlp.down_proj")
+STATISTICS = ("mean", "mean_uncertainty", "min", "p0_1", "p1", "p5", "p10", "median", "p90", "p95", "p99", "p99_9",
+              "max")
+
+
+def synthetic_analysis_result(*, blocks: int = 32, seed: int = 0, flips: bool = True, kl_mean: float = 0.0123,
+                              top1: float = 0.957, ppl_ratio: float = 1.0123) -> dict:
+    """An analysis result shaped like workers.pipelines.analysis produces, with `blocks` x 7 modules."""
+    rng = random.Random(seed)
+    kl = {key: round(kl_mean * factor, 6) for key, factor in zip(STATISTICS, (
+        1.0, 0.012, 0.0, 0.0001, 0.0004, 0.001, 0.002, 0.45, 2.6, 3.9, 8.7, 17.3, 41.0))}
+    kl["mean"] = kl_mean
+    delta_p = dict(zip(STATISTICS, (-0.0021, 0.0003, -0.61, -0.31, -0.12, -0.051, -0.024, -0.0004, 0.019, 0.038,
+                                    0.097, 0.22, 0.48)))
+    layers = []
+    for block in range(blocks):
+        for module in MODULES:
+            error = 0.002 + 0.02 * rng.random() * (1 + block / blocks)
+            layers.append({
+                "name": f"model.layers.{block}.{module}",
+                "relative_error": error,
+                "relative_error_propagated": error * (1 + block / 8),
+                "cosine": 1 - error / 2,
+                "sqnr_db": 10 * math.log10(1 / error),
+                "max_error_channel": rng.randrange(4096),
+                "weight_relative_error": error * 0.8,
+                "ablation_kl": None,
+            })
+    kl_edges = [10 ** (-6 + i * 0.1) for i in range(71)]
+    delta_edges = [-1 + i / 50 for i in range(101)]
+    return {
+        "tokens": 65536, "seconds": 412.5, "kl": kl, "delta_p": delta_p, "rms_delta_p": 0.0317,
+        "top1_agreement": top1, "top1_agreement_uncertainty": 0.0008, "topk_overlap": 0.912,
+        "ppl_reference": 7.412, "ppl_candidate": 7.412 * ppl_ratio, "ppl_ratio": ppl_ratio,
+        "ln_ppl_ratio": math.log(ppl_ratio), "nll_correlation": 0.9871,
+        "flips": {"accuracy_reference": 0.6125, "accuracy_candidate": 0.6075, "correct_to_incorrect": 9,
+                  "incorrect_to_correct": 7, "rate": 0.0425} if flips else None,
+        "layers": layers,
+        "histograms": {
+            "kl": {"edges": kl_edges, "counts": [int(5000 * math.exp(-((i - 38) / 9) ** 2)) + 1 for i in range(70)]},
+            "delta_p": {"edges": delta_edges,
+                        "counts": [int(30000 * math.exp(-((i - 50) / 3) ** 2)) + 2 for i in range(100)]},
+        },
+        "device": "cpu",
+    }
+
+
+def weights_bytes(seed: int) -> bytes:
+    generator = np.random.default_rng(seed)
+    return save_safetensors({"model.embed_tokens.weight": generator.standard_normal((4, 8)).astype(np.float32)})
+
+
+def sealed_upload(model, actor, *, seed: int, description: str = "") -> ModelVersion:
+    version = registry_services.create_version(model=model, description=description, actor=actor)
+    for path, data in (("config.json", json.dumps({"model_type": "llama", "seed": seed}).encode()),
+                       ("model.safetensors", weights_bytes(seed))):
+        registry_services.upload_version_file(version=version, path=path, stream=_Reader(data),
+                                              content_length=len(data), expected_sha256=None, actor=actor)
+    return registry_services.seal_version(version=version, actor=actor)
+
+
+def derived_version(parent: ModelVersion, actor, *, kind: str, metadata: dict, datasets=(), seed: int = 9,
+                    description: str = "") -> ModelVersion:
+    """A version registered as a worker would: output files from a job, lineage edges, metadata."""
+    job = Job.objects.create(kind="quantize" if kind == ModelVersion.Kind.QUANTIZED else "lora",
+                             status=Job.Status.SUCCEEDED, progress=100, created_by=actor, source_version=parent)
+    relation = (LineageEdge.Relation.QUANTIZED_FROM if kind == ModelVersion.Kind.QUANTIZED
+                else LineageEdge.Relation.ADAPTED_FROM)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        if kind == ModelVersion.Kind.LORA:
+            (directory / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16}))
+            (directory / "adapter_model.safetensors").write_bytes(weights_bytes(seed))
+        else:
+            (directory / "config.json").write_text(json.dumps({"model_type": "llama", "quantized": True}))
+            (directory / "model.safetensors").write_bytes(weights_bytes(seed))
+        return registry_services.register_derived_version(
+            parent=parent, job=job, local_dir=directory, kind=kind, relation=relation, metadata=metadata,
+            datasets=[(dataset, LineageEdge.Relation.TRAINED_ON) for dataset in datasets],
+            description=description, actor=actor)
+
+
+def dataset(actor, *, name: str, purpose: str, records: list[dict]):
+    upload = SimpleUploadedFile(f"{name}.jsonl", jsonl(records))
+    return registry_services.register_dataset(name=name, purpose=purpose, uploaded_file=upload, actor=actor)
+
+
+def analysis(*, reference, candidate, dataset, actor, result: dict) -> Analysis:
+    job = Job.objects.create(kind=Job.Kind.ANALYSIS, status=Job.Status.SUCCEEDED, progress=100, created_by=actor,
+                             source_version=candidate)
+    return Analysis.objects.create(reference=reference, candidate=candidate, dataset=dataset, job=job,
+                                   created_by=actor, result=result, params={"max_tokens": 65536, "top_k": 5})
+
+
+def approve(request, *approvers, comments=()):
+    for index, approver in enumerate(approvers):
+        comment = comments[index] if index < len(comments) else f"approved by {approver.username}"
+        request = governance.decide(change_request=request, actor=approver, decision="approve", comment=comment)
+    return request
+
+
+QUANTIZATION_METADATA = {
+    "method": "nf4",
+    "settings": {"method": "nf4", "compute_dtype": "bfloat16", "double_quant": True, "skip_modules": ["lm_head"],
+                 "bitsandbytes_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}},
+    "library_versions": {"torch": "2.13.0", "transformers": "5.23.0", "bitsandbytes": "0.50.2"},
+    "device": "NVIDIA H100",
+    "wall_seconds": 41.2,
+    "size_before_bytes": 14_483_464_192,
+    "size_after_bytes": 3_865_470_976,
+}
+
+
+def lora_metadata(training_dataset) -> dict:
+    return {
+        "settings": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "steps": 200,
+                     "learning_rate": 0.0002, "seed": 7, "optimizer": "AdamW", "qlora": False},
+        "base_quantization": None,
+        "trainable_parameters": 4_194_304,
+        "curve": [{"step": step, "loss": round(2.4 * math.exp(-step / 80) + 0.9, 4),
+                   **({"eval_loss": round(2.5 * math.exp(-step / 90) + 1.0, 4)} if step % 50 == 0 else {})}
+                  for step in range(10, 201, 10)],
+        "eval_loss_before": 3.41,
+        "eval_loss_after": 1.62,
+        "data_sha256": training_dataset.sha256,
+        "dataset": {"id": training_dataset.pk, "name": training_dataset.name, "sha256": training_dataset.sha256},
+        "wall_seconds": 388.0,
+    }
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self._data, self._offset = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size is None or size < 0 else self._offset + size
+        chunk = self._data[self._offset:end]
+        self._offset += len(chunk)
+        return chunk
