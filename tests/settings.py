@@ -21,3 +21,6 @@ _s3 = start_server(BASE_DIR / ".var" / "test-s3")
 S3_ENDPOINT = _s3["endpoint"]
 S3_ACCESS_KEY = _s3["access_key"]
 S3_SECRET_KEY = _s3["secret_key"]
+
+# One test database per run, so two runs on one machine (a developer's and CI's) never drop each other's.
+DATABASES["default"]["TEST"] = {"NAME": f"test_llm_registry_{os.getpid()}"}  # noqa: F405
