@@ -39,16 +39,20 @@ class Command(BaseCommand):
         model_dir = self._build_model()
         version = self._register(model_dir, engineer)
         self.stdout.write(f"Registered and sealed {version} (manifest {version.manifest_sha256[:16]}...)")
-        quantized = self._quantize(version, engineer, timeout)
+        datasets = self._register_datasets(engineer)
+        quantized = {method: self._quantize(version, engineer, timeout, method) for method in ("nf4", "int8")}
+        lora = self._lora_update(version, datasets["training"], engineer, timeout)
+        self._governance(users, version, quantized, datasets["evaluation"], timeout)
         self.stdout.write("")
         self.stdout.write(self.style.SUCCESS("Demo finished."))
         self.stdout.write(f"  Admin UI:  {base_url}/admin/   (log in as any user above)")
         self.stdout.write(f"  API docs:  {base_url}/api/docs/")
-        self.stdout.write(f"  Versions:  {base_url}/api/v1/models/{DEMO_MODEL}/versions/")
-        self.stdout.write(f"  Quantized: {base_url}/api/v1/models/{DEMO_MODEL}/versions/{quantized['version']}/")
+        self.stdout.write(f"  Versions:  {base_url}/api/v1/models/{self.model_name}/versions/")
+        self.stdout.write(f"  Quantized: {base_url}/api/v1/models/{self.model_name}/versions/{quantized['nf4']['version']}/")
+        self.stdout.write(f"  LoRA:      {base_url}/api/v1/models/{self.model_name}/versions/{lora['version']}/")
         token = Token.objects.get(user=engineer).key
         self.stdout.write(f"  Try:       curl -H 'Authorization: Token {token}' "
-                          f"{base_url}/api/v1/models/{DEMO_MODEL}/versions/{quantized['version']}/lineage")
+                          f"{base_url}/api/v1/models/{self.model_name}/versions/{lora['version']}/lineage")
 
     def _ensure_users(self) -> dict:
         """Create the demo users once; their passwords are generated and kept in .var/demo-users.json (0600)."""
@@ -83,9 +87,14 @@ class Command(BaseCommand):
         return model_dir
 
     def _register(self, model_dir: Path, engineer):
-        model = RegisteredModel.objects.filter(name=DEMO_MODEL).first() or services.create_model(
-            name=DEMO_MODEL, description="Tiny Llama built by the demo: credit-memo drafting assistant",
-            actor=engineer)
+        # Each run tells the story on a model of its own, so production starts empty every time.
+        name, suffix = DEMO_MODEL, 1
+        while RegisteredModel.objects.filter(name=name).exists():
+            suffix += 1
+            name = f"{DEMO_MODEL}-{suffix}"
+        self.model_name = name
+        model = services.create_model(name=name, description="Tiny Llama built by the demo: credit-memo drafting "
+                                      "assistant", actor=engineer)
         version = services.create_version(model=model, description="Full-precision upload", actor=engineer)
         for file_path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
             with open(file_path, "rb") as handle:
@@ -111,10 +120,89 @@ class Command(BaseCommand):
             time.sleep(0.5)
         raise CommandError(f"Job {job.pk} did not finish in {timeout} s; is the worker running? (make up)")
 
-    def _quantize(self, version, engineer, timeout: int) -> dict:
+    def _quantize(self, version, engineer, timeout: int, method: str) -> dict:
         from workers.services import start_quantization
 
-        job = start_quantization(version=version, method="nf4", compute_dtype="float32", double_quant=True,
-                                 skip_modules=["lm_head"], actor=engineer)
-        self.stdout.write(f"Quantizing {version} to NF4 on the worker (job {job.pk})...")
+        job = start_quantization(version=version, method=method, compute_dtype="float32",
+                                 double_quant=method != "int8", skip_modules=["lm_head"], actor=engineer)
+        self.stdout.write(f"Quantizing {version} to {method.upper()} on the worker (job {job.pk})...")
         return self._wait(job, timeout)
+
+    def _register_datasets(self, engineer) -> dict:
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        from workers.pipelines.tiny_model import SAMPLE_TEXTS
+
+        evaluation = "".join(json.dumps({"text": text}) + "\n" for text in SAMPLE_TEXTS)
+        training = "".join(json.dumps({"prompt": f"Summarise for the credit file: {text}",
+                                       "completion": f" {text.split()[1].capitalize()} update noted."}) + "\n"
+                           for text in SAMPLE_TEXTS)
+        datasets = {}
+        for purpose, content in (("evaluation", evaluation), ("training", training)):
+            datasets[purpose] = services.register_dataset(
+                name=f"demo-{purpose}", purpose=purpose, actor=engineer,
+                uploaded_file=SimpleUploadedFile(f"{purpose}.jsonl", content.encode()))
+            self.stdout.write(f"Registered dataset {datasets[purpose].pk} ({purpose}, "
+                              f"{datasets[purpose].records} records, sha256 {datasets[purpose].sha256[:16]}...)")
+        return datasets
+
+    def _lora_update(self, version, dataset, engineer, timeout: int) -> dict:
+        from workers.services import start_lora_update
+
+        job = start_lora_update(base=version, dataset=dataset, actor=engineer,
+                                lora_settings={"r": 8, "alpha": 16, "steps": 30, "learning_rate": 0.003, "seed": 0})
+        self.stdout.write(f"Training a LoRA update on {version} (job {job.pk})...")
+        return self._wait(job, timeout)
+
+    def _approve(self, request, approvers, comment: str):
+        from governance.services import decide
+
+        for approver in approvers:
+            request = decide(change_request=request, actor=approver, decision="approve", comment=comment)
+            self.stdout.write(f"  {approver.username} approved -> {request.status}")
+        return request
+
+    def _wait_for_gates(self, request, timeout: int):
+        deadline = time.monotonic() + timeout
+        while request.status in ("analysing", "stale") and time.monotonic() < deadline:
+            time.sleep(1)
+            request.refresh_from_db()
+        for gate in request.gates:
+            verdict = "passed" if gate["passed"] else "FAILED"
+            self.stdout.write(f"  gate {gate['name']:10} value {gate['value']!s:24} threshold {gate['threshold']:<6}"
+                              f" {verdict}")
+        return request
+
+    def _governance(self, users, version, quantized, evaluation, timeout: int) -> None:
+        from governance.services import open_change_request, roll_back
+        from registry.models import ModelVersion
+
+        model = version.model
+        approvers = [users["bob"], users["carol"]]
+        self.stdout.write(f"Change request: {model.name}@production -> v{version.number} (first deployment)")
+        first = open_change_request(model=model, alias="production", version_number=version.number,
+                                    justification="Initial production release of the credit-memo assistant.",
+                                    actor=users["alice"])
+        self._approve(first, approvers, "Validated on the credit memo test set.")
+        deployed = [version.number]
+        for method in ("nf4", "int8"):
+            number = quantized[method]["version"]
+            self.stdout.write(f"Change request: {model.name}@production -> v{number} ({method.upper()}); "
+                              "gates come from an analysis against the current version...")
+            request = open_change_request(model=model, alias="production", version_number=number,
+                                          justification=f"{method.upper()} quantization cuts serving memory.",
+                                          dataset_id=evaluation.pk, actor=users["alice"])
+            request = self._wait_for_gates(request, timeout)
+            if request.status == "pending":
+                self._approve(request, approvers, "Gates pass; drift within policy.")
+                deployed.append(number)
+                break
+            self.stdout.write(f"  {request.status}: {request.status_reason}")
+        if len(deployed) < 2:
+            raise CommandError("No quantized version passed the gates; see the change requests in the admin.")
+        change = roll_back(model=model, alias="production", reason="Demo: latency regression reported by ops.",
+                           to_version_number=None, actor=users["oscar"])
+        self.stdout.write(f"oscar rolled {model.name}@production back: v{change.from_version.number} -> "
+                          f"v{change.to_version.number}")
+        current = ModelVersion.objects.get(pk=change.to_version_id)
+        self.stdout.write(f"{model.name}@production now serves v{current.number}.")
