@@ -37,6 +37,14 @@ class RoleAccessMixin:
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def add_view(self, request, form_url="", extra_context=None):
+        # save_model calls a service; its refusal (duplicate name, bad file...) is shown, not a 500.
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except DomainError as error:
+            messages.error(request, error.message)
+            return HttpResponseRedirect(request.path)
+
 
 class ModelCreateForm(forms.ModelForm):
     class Meta:
@@ -71,13 +79,6 @@ class RegisteredModelAdmin(RoleAccessMixin, admin.ModelAdmin):
         created = services.create_model(name=form.cleaned_data["name"],
                                         description=form.cleaned_data.get("description", ""), actor=request.user)
         obj.pk = created.pk
-
-    def add_view(self, request, form_url="", extra_context=None):
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except DomainError as error:
-            messages.error(request, error.message)
-            return HttpResponseRedirect(request.path)
 
 
 class VersionCreateForm(forms.ModelForm):
@@ -235,13 +236,6 @@ class DatasetAdmin(RoleAccessMixin, admin.ModelAdmin):
         created = services.register_dataset(name=form.cleaned_data["name"], purpose=form.cleaned_data["purpose"],
                                             uploaded_file=form.cleaned_data["file"], actor=request.user)
         obj.pk = created.pk
-
-    def add_view(self, request, form_url="", extra_context=None):
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except DomainError as error:
-            messages.error(request, error.message)
-            return HttpResponseRedirect(request.path)
 
 
 admin.site.site_header = "LLM model registry"

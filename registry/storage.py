@@ -6,7 +6,6 @@ part whatever the object's size. Connection failures become `StorageUnavailable`
 import functools
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -122,8 +121,7 @@ def put_locked_bytes(key: str, data: bytes, *, retain_days: int, mode: str,
                         version_id=result.version_id or "")
 
 
-def read_range(key: str, offset: int, length: int, *, version_id: str = "") -> bytes:
-    """Read `length` bytes at `offset` with a ranged GET (used to read safetensors headers without downloading)."""
+def _read(key: str, *, version_id: str, offset: int = 0, length: int = 0) -> bytes:
     response = None
     try:
         response = _client().get_object(_bucket(), key, offset=offset, length=length, version_id=version_id or None)
@@ -140,21 +138,15 @@ def read_range(key: str, offset: int, length: int, *, version_id: str = "") -> b
             response.release_conn()
 
 
+def read_range(key: str, offset: int, length: int, *, version_id: str = "") -> bytes:
+    """Read `length` bytes at `offset` with a ranged GET (used to read safetensors headers without downloading)."""
+    if length == 0:
+        return b""
+    return _read(key, version_id=version_id, offset=offset, length=length)
+
+
 def read_bytes(key: str, *, version_id: str = "") -> bytes:
-    response = None
-    try:
-        response = _client().get_object(_bucket(), key, version_id=version_id or None)
-        return response.read()
-    except S3Error as error:
-        if error.code in ("NoSuchKey", "NoSuchVersion"):
-            raise NotFound(f"Object {key} is missing from storage.") from error
-        raise
-    except _TRANSPORT_ERRORS as error:
-        raise _unavailable(error) from error
-    finally:
-        if response is not None:
-            response.close()
-            response.release_conn()
+    return _read(key, version_id=version_id)
 
 
 def open_stream(key: str, *, version_id: str = ""):
@@ -230,7 +222,3 @@ def ensure_bucket() -> None:
             client.make_bucket(_bucket(), object_lock=True)
     except _TRANSPORT_ERRORS as error:
         raise _unavailable(error) from error
-
-
-def json_bytes(document) -> bytes:
-    return json.dumps(document, sort_keys=True, indent=2).encode()
