@@ -125,6 +125,19 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# Signed reports (reports app). The organisation PKI lives in REPORT_PKI_DIR: root.pem (what regulators pin),
+# root-key.pem (issues approvers' certificates) and organisation.p12 (certifies every report). `manage.py init_pki`
+# creates a development PKI there; production mounts its own three files there instead. One secret protects the
+# root key, the organisation's PKCS#12 and every approver's stored PKCS#12.
+REPORT_PKI_DIR = Path(env_str("REPORT_PKI_DIR", str(BASE_DIR / ".var" / "pki")))
+REPORT_PKI_PASSPHRASE = env_secret("REPORT_PKI_PASSPHRASE", "dev-only-report-pki-passphrase" if DEBUG else None)
+# Create the development PKI on first use instead of failing (never in production: a new root silently
+# invalidates what regulators pinned).
+REPORT_PKI_AUTO_CREATE = env_bool("REPORT_PKI_AUTO_CREATE", DEBUG)
+REPORT_ORGANISATION = env_str("REPORT_ORGANISATION", "Example Bank")
+# Where regulators' e-mails point to for the portal.
+REPORT_PORTAL_URL = env_str("REPORT_PORTAL_URL", "http://127.0.0.1:8000/portal/")
+
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
 EMAIL_FILE_PATH = BASE_DIR / ".var" / "mail"
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "reports@registry.local")

@@ -174,6 +174,8 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
         append_event(actor=actor, action="change_request.opened", object_type="change_request",
                      object_id=request.pk, model_name=model.name,
                      after=_snapshot(request) | {"alias": alias, "justification": request.justification})
+        if request.status == ChangeRequest.Status.PENDING:
+            _on_commit_draft_report(request)
     return request
 
 
@@ -312,6 +314,8 @@ def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
         request.save()
         append_event(actor=actor, action="change_request.stale", object_type="change_request",
                      object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
+        if request.status == ChangeRequest.Status.PENDING:
+            _on_commit_draft_report(request)
 
 
 def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_number: int | None, actor) -> AliasChange:

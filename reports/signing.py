@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import os
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from asn1crypto import x509 as asn1_x509
@@ -24,13 +25,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_format
 from cryptography.x509.oid import NameOID
+from pyhanko.pdf_utils import layout
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
 from pyhanko.sign.fields import MDPPerm, SigSeedSubFilter
 from pyhanko.sign.validation import validate_pdf_signature
 from pyhanko.sign.validation.pdf_embedded import collect_embedded_signatures
 from pyhanko.sign.validation.status import SignatureCoverageLevel
+from pyhanko.stamp import TextStampStyle
 from pyhanko_certvalidator import ValidationContext
 
 ROOT_CERTIFICATE = "root.pem"
@@ -175,6 +179,16 @@ def issue_person_certificate(
     )
 
 
+def certificate_summary(certificate_pem: bytes) -> dict:
+    """Subject, SHA-256 fingerprint and expiry of a certificate: what a regulator compares before pinning it."""
+    certificate = x509.load_pem_x509_certificate(certificate_pem)
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "sha256_fingerprint": certificate.fingerprint(hashes.SHA256()).hex(),
+        "not_valid_after": certificate.not_valid_after_utc,
+    }
+
+
 def _issue(root_cert, root_key, *, subject, public_key, validity, email=None) -> x509.Certificate:
     now = _now()
     builder = (
@@ -273,21 +287,29 @@ def certify_pdf(
     signature_fields: list[str],
     reason: str,
     certification_field: str = "Organisation",
+    field_boxes: dict[str, tuple[int, tuple[float, float, float, float]]] | None = None,
 ) -> bytes:
     """Add one empty signature field per approver and certify the document with the organisation's key.
 
     The certification's DocMDP level is FILL_FORMS, so approvers can sign their fields later while any other
     change (page content, annotations) invalidates the certification.
+
+    `field_boxes` places fields visibly: name -> (page index, (x1, y1, x2, y2) in PDF points from the bottom
+    left), where the report's layout left room for them; fields without a box are invisible.
     """
     names = [certification_field, *signature_fields]
     if len(set(names)) != len(names):
         raise ReportSigningError(f"Signature field names must be unique, got {names}.")
+    unknown = set(field_boxes or {}) - set(signature_fields)
+    if unknown:
+        raise ReportSigningError(f"Boxes given for fields that are not created: {sorted(unknown)}.")
     signer = _load_signer(pkcs12, passphrase)
     writer = _incremental_writer(pdf_bytes)
-    # Invisible fields: the report template prints the approvals table itself; visible boxes would have to
-    # be placed on a layout this module does not know.
     for name in signature_fields:
-        fields.append_signature_field(writer, fields.SigFieldSpec(sig_field_name=name))
+        page, box = (field_boxes or {}).get(name, (0, None))
+        spec = fields.SigFieldSpec(sig_field_name=name, on_page=page,
+                                   box=tuple(round(v, 2) for v in box) if box else None)
+        fields.append_signature_field(writer, spec)
     meta = signers.PdfSignatureMetadata(
         field_name=certification_field,
         reason=reason,
@@ -303,9 +325,20 @@ def certify_pdf(
 
 
 def sign_pdf_field(
-    pdf_bytes: bytes, *, field_name: str, pkcs12: bytes, passphrase: bytes, reason: str, signer_name: str
+    pdf_bytes: bytes,
+    *,
+    field_name: str,
+    pkcs12: bytes,
+    passphrase: bytes,
+    reason: str,
+    signer_name: str,
+    appearance: str | None = None,
 ) -> bytes:
-    """Sign an existing empty signature field as an incremental update (an approver's signature)."""
+    """Sign an existing empty signature field as an incremental update (an approver's signature).
+
+    `appearance` is the text drawn in a visible field (who signed, when, what they decided). It becomes part of
+    the signed update, so it is covered by this signature and any later change to it breaks verification.
+    """
     writer = _incremental_writer(pdf_bytes)
     empty = {name for name, _, _ in fields.enumerate_sig_fields(writer, filled_status=False)}
     if field_name not in empty:
@@ -322,8 +355,51 @@ def sign_pdf_field(
         subfilter=SigSeedSubFilter.PADES,
         md_algorithm="sha256",
     )
-    pdf_signer = signers.PdfSigner(meta, signer=_load_signer(pkcs12, passphrase))
-    return pdf_signer.sign_pdf(writer, existing_fields_only=True).getvalue()
+    if appearance is None:
+        pdf_signer = signers.PdfSigner(meta, signer=_load_signer(pkcs12, passphrase))
+        return pdf_signer.sign_pdf(writer, existing_fields_only=True).getvalue()
+    pdf_signer = signers.PdfSigner(meta, signer=_load_signer(pkcs12, passphrase), stamp_style=_APPEARANCE_STYLE)
+    # The text goes in as a parameter, never as the template: a '%' in a comment must not be interpolated.
+    return pdf_signer.sign_pdf(
+        writer, existing_fields_only=True, appearance_text_params={"text": stamp_safe_text(appearance)}
+    ).getvalue()
+
+
+# Signature appearances use the standard Courier font (not embedded, WinAnsi): pyHanko shapes embedded
+# OpenType fonts only with uharfbuzz, which this project does not install. Text is left- and top-aligned and
+# shrinks to fit its box; the caller wraps lines.
+_APPEARANCE_STYLE = TextStampStyle(
+    stamp_text="%(text)s",
+    border_width=1,
+    border_color=(0.2, 0.35, 0.2),
+    text_box_style=TextBoxStyle(font_size=8, leading=10),
+    inner_content_layout=layout.SimpleBoxLayoutRule(
+        x_align=layout.AxisAlignment.ALIGN_MIN,
+        y_align=layout.AxisAlignment.ALIGN_MAX,
+        margins=layout.Margins.uniform(6),
+        inner_content_scaling=layout.InnerScaling.SHRINK_TO_FIT,
+    ),
+)
+
+
+# Characters the appearance font (WinAnsi) and pyHanko's text encoding (PDFDocEncoding) disagree on or lack.
+_STAMP_REPLACEMENTS = {"\u00a0": " ", "€": "EUR", "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"',
+                       "…": "...", "→": "->", "\t": " ", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Œ": "OE",
+                       "œ": "oe", "ı": "i"}
+
+
+def stamp_safe_text(text: str) -> str:
+    """`text` with what the appearance font cannot show spelled out: accents dropped where that is needed,
+    other characters as '?'. The signature's certificate and /Name keep the exact spelling."""
+    shown = []
+    for char in text:
+        char = _STAMP_REPLACEMENTS.get(char, char)
+        if char == "\n" or all(" " <= c <= "~" or "\u00a1" <= c <= "\u00ff" for c in char):
+            shown.append(char)
+            continue
+        plain = unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode()
+        shown.append(plain if plain and plain.isprintable() else "?")
+    return "".join(shown)
 
 
 def sign_pdf(pdf_bytes: bytes, *, pkcs12: bytes, passphrase: bytes, reason: str, field_name: str) -> bytes:

@@ -1,5 +1,6 @@
 """Report test data: sealed versions built through the registry services, derived versions, analyses with a
 synthetic 32-block result, and a full production history (deploy, quantized update, LoRA request, rollback)."""
+import io
 import json
 import math
 import random
@@ -73,7 +74,7 @@ def sealed_upload(model, actor, *, seed: int, description: str = "") -> ModelVer
     version = registry_services.create_version(model=model, description=description, actor=actor)
     for path, data in (("config.json", json.dumps({"model_type": "llama", "seed": seed}).encode()),
                        ("model.safetensors", weights_bytes(seed))):
-        registry_services.upload_version_file(version=version, path=path, stream=_Reader(data),
+        registry_services.upload_version_file(version=version, path=path, stream=io.BytesIO(data),
                                               content_length=len(data), expected_sha256=None, actor=actor)
     return registry_services.seal_version(version=version, actor=actor)
 
@@ -146,13 +147,3 @@ def lora_metadata(training_dataset) -> dict:
         "wall_seconds": 388.0,
     }
 
-
-class _Reader:
-    def __init__(self, data: bytes):
-        self._data, self._offset = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size is None or size < 0 else self._offset + size
-        chunk = self._data[self._offset:end]
-        self._offset += len(chunk)
-        return chunk

@@ -1,0 +1,94 @@
+"""Report endpoints (read-only for every role): list, detail, the PDF, its verification, the root certificate."""
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from registry.api.permissions import role_permission
+from reports import pki, selectors
+from reports.models import Report
+
+ReportReads = role_permission()
+
+
+def report_document(report: Report) -> dict:
+    return {
+        "id": report.pk,
+        "kind": report.kind,
+        "model": report.model.name,
+        "title": selectors.report_title(report),
+        "change_request": report.change_request_id,
+        "round": report.round if report.kind == Report.Kind.CHANGE_IMPACT else None,
+        "alias_change": report.alias_change_id,
+        "status": report.status,
+        "sha256": report.sha256 if report.is_final else None,
+        "audit_head": ({"sequence": report.audit_head_sequence, "hash": report.audit_head_hash}
+                       if report.audit_head_hash else None),
+        "signatures": [{"field": s["field"], "signer": s.get("name"), "signed_at": s.get("signed_at"),
+                        "decision": s.get("decision")} for s in report.signatures],
+        "pending_fields": [slot["field"] for slot in report.signature_fields
+                           if slot["field"] not in {s["field"] for s in report.signatures}],
+        "created_at": report.created_at,
+        "finalised_at": report.finalised_at,
+        "pdf": f"/api/v1/reports/{report.pk}/pdf",
+        "verification": f"/api/v1/reports/{report.pk}/verification",
+    }
+
+
+class ReportListView(APIView):
+    permission_classes = [ReportReads]
+
+    @extend_schema(parameters=[OpenApiParameter(name, str, required=False)
+                               for name in ("model", "kind", "status", "change_request")], responses=dict,
+                   operation_id="reports_list")
+    def get(self, request):
+        params = request.query_params
+        change_request = params.get("change_request")
+        queryset = selectors.reports(model_name=params.get("model"), kind=params.get("kind"),
+                                     status=params.get("status"),
+                                     change_request_id=change_request if (change_request or "").isdigit() else None)
+        return Response([report_document(report) for report in queryset[:500]])
+
+
+class ReportDetailView(APIView):
+    permission_classes = [ReportReads]
+
+    @extend_schema(responses=dict)
+    def get(self, request, report_id):
+        return Response(report_document(selectors.get_report(report_id)))
+
+
+class ReportPdfView(APIView):
+    permission_classes = [ReportReads]
+
+    @extend_schema(responses={(200, "application/pdf"): bytes})
+    def get(self, request, report_id):
+        return pdf_response(selectors.get_report(report_id))
+
+
+class ReportVerificationView(APIView):
+    permission_classes = [ReportReads]
+
+    @extend_schema(responses=dict)
+    def get(self, request, report_id):
+        return Response(selectors.verify_report(selectors.get_report(report_id)))
+
+
+class RootCertificateView(APIView):
+    permission_classes = [ReportReads]
+
+    @extend_schema(responses={(200, "application/x-pem-file"): bytes})
+    def get(self, request):
+        response = HttpResponse(pki.root_pem(), content_type="application/x-pem-file")
+        response["Content-Disposition"] = 'attachment; filename="root.pem"'
+        response["X-Root-SHA256-Fingerprint"] = pki.root_summary()["sha256_fingerprint"]
+        return response
+
+
+def pdf_response(report: Report) -> HttpResponse:
+    response = HttpResponse(selectors.report_pdf(report), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{report.filename}"'
+    response["X-Report-Status"] = report.status
+    if report.is_final:
+        response["X-Report-SHA256"] = report.sha256
+    return response

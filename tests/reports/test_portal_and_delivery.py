@@ -1,0 +1,138 @@
+"""The regulator portal (session login, read-only pages) and e-mail delivery of final reports."""
+import pytest
+from django.core import mail
+from django.test import Client
+
+from reports import services
+from reports.models import ReportDelivery, ReportSubscription
+from tests.conftest import make_user
+
+
+@pytest.fixture
+def regulator_browser(history):
+    client = Client()
+    assert client.login(username="rita", password="rita-password")
+    return client
+
+
+def test_portal_lists_reports_per_model_with_verification_badges_and_downloads(history, regulator_browser):
+    response = regulator_browser.get("/portal/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="model-credit-llm"' in page
+    update, rollback = history["reports"]["update"], history["reports"]["rollback"]
+    assert f'href="/portal/reports/{update.pk}/pdf"' in page and f'href="/portal/reports/{rollback.pk}/pdf"' in page
+    assert page.count('<span class="badge ok">verified</span>') >= 3  # first, update and rollback reports
+    assert "signatures valid (draft)" in page  # the LoRA request's draft
+
+
+def test_portal_report_page_shows_each_signature(history, regulator_browser):
+    report = history["reports"]["update"]
+
+    page = regulator_browser.get(f"/portal/reports/{report.pk}/").content.decode()
+
+    assert '<span class="badge ok">verified</span>' in page
+    assert "Bob Approver" in page and "Carol Checker" in page and "approve: Gates pass with margin" in page
+    assert report.sha256 in page
+
+
+def test_portal_downloads_the_pdf(history, regulator_browser):
+    report = history["reports"]["rollback"]
+
+    response = regulator_browser.get(f"/portal/reports/{report.pk}/pdf")
+
+    assert response.status_code == 200 and response.content == history["pdfs"]["rollback"]
+
+
+def test_portal_shows_the_audit_trail_and_its_chain(history, regulator_browser):
+    page = regulator_browser.get("/portal/audit/", {"model": "credit-llm"}).content.decode()
+
+    assert "alias.rollback" in page and "change_request.approved" in page
+    assert "Hash chain:" in page
+
+
+def test_portal_needs_a_login(history):
+    response = Client().get("/portal/")
+
+    assert response.status_code == 302 and response["Location"].startswith("/portal/login/")
+
+
+def test_portal_is_for_regulators_only(history):
+    client = Client()
+    client.force_login(history["users"]["bob"])
+
+    response = client.get("/portal/")
+
+    assert response.status_code == 403 and "regulator" in response.content.decode()
+
+
+def test_portal_login_page_logs_a_regulator_in(history):
+    client = Client()
+    response = client.post("/portal/login/", {"username": "rita", "password": "rita-password"})
+
+    assert response.status_code == 302 and response["Location"] == "/portal/"
+    assert client.get("/portal/").status_code == 200
+
+
+def test_unknown_report_in_the_portal_is_404(regulator_browser):
+    assert regulator_browser.get("/portal/reports/999999/").status_code == 404
+
+
+# --- e-mail delivery -------------------------------------------------------------------------------------------
+
+
+def test_final_report_is_emailed_with_the_pdf_attached_to_subscribed_regulators(history, db, regulator_browser):
+    rita = history["users"]["rita"]
+    report = history["reports"]["update"]
+    mail.outbox.clear()
+    regulator_browser.post("/portal/subscription", {"action": "subscribe"})
+    assert ReportSubscription.objects.filter(user=rita, model=None).exists()
+    make_user("no-mail-regulator", "regulator")  # not subscribed: gets nothing
+
+    sent = services.deliver_report(report_id=report.pk)
+
+    assert sent == 1 and len(mail.outbox) == 1
+    message = mail.outbox[0]
+    assert message.to == ["rita@bank.example"]
+    assert "Signed change-impact report" in message.subject and "credit-llm@production deployed v2" in message.subject
+    assert report.sha256 in message.body and "pyhanko sign validate" in message.body
+    [(filename, content, mimetype)] = message.attachments
+    assert filename == report.filename and mimetype == "application/pdf"
+    assert content == history["pdfs"]["update"]
+    assert ReportDelivery.objects.filter(report=report, user=rita).count() == 1
+
+
+def test_a_report_is_emailed_once_however_often_delivery_runs(history, db):
+    rita = history["users"]["rita"]
+    services.subscribe(user=rita, model=history["model"])
+    mail.outbox.clear()
+
+    first = services.deliver_report(report_id=history["reports"]["rollback"].pk)
+    second = services.deliver_report(report_id=history["reports"]["rollback"].pk)
+
+    assert (first, second) == (1, 0) and len(mail.outbox) == 1
+    assert "rolled back to v1" in mail.outbox[0].subject
+
+
+def test_drafts_are_never_emailed(history, db):
+    services.subscribe(user=history["users"]["rita"])
+    mail.outbox.clear()
+
+    assert services.deliver_report(report_id=history["reports"]["lora"].pk) == 0
+    assert mail.outbox == []
+
+
+def test_only_regulators_can_subscribe(history, db):
+    from registry.errors import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        services.subscribe(user=history["users"]["bob"])
+
+
+def test_unsubscribing_stops_delivery(history, db, regulator_browser):
+    regulator_browser.post("/portal/subscription", {"action": "subscribe"})
+    regulator_browser.post("/portal/subscription", {"action": "unsubscribe"})
+    mail.outbox.clear()
+
+    assert services.deliver_report(report_id=history["reports"]["first"].pk) == 0
