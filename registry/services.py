@@ -84,7 +84,7 @@ def upload_version_file(*, version: ModelVersion, path: str, stream, content_len
         raise Conflict(f"{version} is sealed; files can only be added while a version is a draft.")
 
     key = f"models/{version.model.name}/v{version.number}/{uuid.uuid4().hex}/{path}"
-    stored = storage.put_stream(key, stream, max_bytes=settings.MAX_VERSION_FILE_BYTES)
+    stored = storage.put_stream(key, stream, max_bytes=settings.MAX_VERSION_FILE_BYTES, length=content_length)
     try:
         if content_length is not None and stored.size != content_length:
             raise InvalidInput(f"Received {stored.size} bytes of {path} but Content-Length said {content_length}; "

@@ -192,3 +192,17 @@ def test_missing_model_and_version_are_404_with_a_message(engineer_api):
     assert response.status_code == 404 and "nope" in response.json()["detail"]
     engineer_api.post("/api/v1/models/", {"name": "credit-llm"}, format="json")
     assert engineer_api.get("/api/v1/models/credit-llm/versions/7/").status_code == 404
+
+
+def test_upload_cut_short_of_its_content_length_is_refused_and_leaves_nothing(engineer):
+    import io
+
+    from registry import services
+    from registry.errors import InvalidInput
+
+    model = services.create_model(name="credit-llm", description="", actor=engineer)
+    version = services.create_version(model=model, description="", actor=engineer)
+    with pytest.raises(InvalidInput, match="ended after 10 of the 100 bytes"):
+        services.upload_version_file(version=version, path="config.json", stream=io.BytesIO(b"x" * 10),
+                                     content_length=100, expected_sha256=None, actor=engineer)
+    assert not VersionFile.objects.exists()

@@ -43,6 +43,7 @@ class Command(BaseCommand):
         quantized = {method: self._quantize(version, engineer, timeout, method) for method in ("nf4", "int8")}
         lora = self._lora_update(version, datasets["training"], engineer, timeout)
         self._governance(users, version, quantized, datasets["evaluation"], timeout)
+        self._collect_reports(timeout)
         self.stdout.write("")
         self.stdout.write(self.style.SUCCESS("Demo finished."))
         self.stdout.write(f"  Admin UI:  {base_url}/admin/   (log in as any user above)")
@@ -153,6 +154,30 @@ class Command(BaseCommand):
                                 lora_settings={"r": 8, "alpha": 16, "steps": 30, "learning_rate": 0.003, "seed": 0})
         self.stdout.write(f"Training a LoRA update on {version} (job {job.pk})...")
         return self._wait(job, timeout)
+
+    def _collect_reports(self, timeout: int) -> None:
+        """Wait for the worker to sign and store the three final reports, and save copies to look at."""
+        from reports.models import Report
+        from reports.selectors import report_pdf, verify_report
+
+        deadline = time.monotonic() + timeout
+        final = Report.objects.none()
+        while time.monotonic() < deadline:
+            final = Report.objects.filter(model__name=self.model_name, status=Report.Status.FINAL).order_by("pk")
+            if final.count() >= 3:
+                break
+            time.sleep(1)
+        if final.count() < 3:
+            raise CommandError(f"Only {final.count()} of 3 reports were final after {timeout} s; see .var/log/worker.log")
+        folder = Path(settings.BASE_DIR) / ".var" / "demo" / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.stdout.write("Signed reports (stored under object lock; local copies to open):")
+        for report in final:
+            path = folder / f"{self.model_name}-report-{report.pk}-{report.kind}.pdf"
+            path.write_bytes(report_pdf(report))
+            verdict = verify_report(report)
+            self.stdout.write(f"  report {report.pk} {report.kind:13} sha256 {report.sha256[:16]}...  "
+                              f"intact={verdict['intact']} trusted={verdict.get('trusted')}  {path}")
 
     def _approve(self, request, approvers, comment: str):
         from governance.services import decide
