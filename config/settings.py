@@ -91,7 +91,7 @@ S3_SECRET_KEY = env_secret("S3_SECRET_KEY", "registry-dev-secret" if DEBUG else 
 S3_BUCKET = env_str("S3_BUCKET", "registry")
 S3_REGION = env_str("S3_REGION", "us-east-1")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300)
-S3_PART_SIZE = env_int("S3_PART_SIZE", 16 * 1024 * 1024)
+S3_PART_SIZE = env_int("S3_PART_SIZE", 8 * 1024 * 1024)
 REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 1)
 REPORT_RETENTION_MODE = env_str("REPORT_RETENTION_MODE", "GOVERNANCE" if DEBUG else "COMPLIANCE")
 
