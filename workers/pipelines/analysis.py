@@ -30,7 +30,10 @@ minimum and maximum are exact.
 
 The per-layer phase (hooks on every Linear, bitsandbytes and LoRA layers included) runs on the first
 `layer_tokens` tokens of the first chunk(s) only, every position counted, because it holds the reference's
-Linear inputs and outputs for one sequence at a time and runs one extra forward per ablated module.
+Linear inputs and outputs for one sequence at a time and runs one extra forward per ablated module. The
+ablations reuse the reference logits of the capture pass and its decoder-layer outputs (held for all layer
+sequences, like those logits): the layers before the ablated module replay their recorded outputs, so only the
+rest of the model runs again, with results identical to a whole pass.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ DELTA_P_CHART_EDGES = np.linspace(-1.0, 1.0, 101)
 
 # Rows of float64 log-probabilities handled at once: about 64 MiB per tensor whatever the vocabulary.
 LOG_PROB_ELEMENTS_PER_BLOCK = 1 << 23
+# Rows of the token statistics handled at once: about 1 MiB per float64 temporary, so they stay in cache.
+STATISTICS_ELEMENTS_PER_BLOCK = 1 << 17
 
 PROBE_TEXT = "The bank's Q3 net interest margin rose 0.25% to 3.1 %; café naïve 2024-01-31."
 
@@ -346,11 +351,14 @@ def _score_chunks(reference_model, candidate_model, chunks: "_EvaluationChunks",
 
 def _score_batch(reference_model, candidate_model, input_ids, first, statistics) -> None:
     n_ctx = input_ids.shape[1]
-    reference_logits = _finite_logits(reference_model, input_ids, "reference")[:, first : n_ctx - 1]
+    # Logits are needed at positions first .. n_ctx - 2 only (the logits at t predict token t + 1): the models
+    # are asked for the last n_ctx - first positions, which saves their output head on the first half.
+    keep = n_ctx - first
+    reference_logits = _finite_logits(reference_model, input_ids, "reference", keep)[:, :-1]
     if candidate_model is reference_model:
         candidate_logits = reference_logits
     else:
-        candidate_logits = _finite_logits(candidate_model, input_ids, "candidate")[:, first : n_ctx - 1]
+        candidate_logits = _finite_logits(candidate_model, input_ids, "candidate", keep)[:, :-1]
     targets = input_ids[:, first + 1 :]
     statistics.add(
         reference_logits.reshape(-1, reference_logits.shape[-1]),
@@ -359,17 +367,43 @@ def _score_batch(reference_model, candidate_model, input_ids, first, statistics)
     )
 
 
-def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            last: int | None = None) -> torch.Tensor:
+    """The model's logits; with `last`, those of the last `last` positions only (asked of the model as
+    `logits_to_keep` when its forward takes it, which spares its output head the other positions)."""
     kwargs = {"input_ids": input_ids, "use_cache": False}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
-    return model(**kwargs).logits
+    if last is not None and _takes_logits_to_keep(model):
+        kwargs["logits_to_keep"] = last
+    logits = model(**kwargs).logits
+    if last is not None and logits.shape[-2] != last:
+        logits = logits[..., -last:, :]
+    return logits
 
 
-def _finite_logits(model, input_ids: torch.Tensor, role: str) -> torch.Tensor:
+def _takes_logits_to_keep(model) -> bool:
+    """Whether the model's forward names `logits_to_keep` (transformers' causal LMs; PEFT passes it through)."""
+    import inspect
+
+    candidates = [model]
+    base = getattr(model, "get_base_model", None)
+    if callable(base):
+        candidates.append(base())
+    for candidate in candidates:
+        try:
+            if "logits_to_keep" in inspect.signature(candidate.forward).parameters:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
+def _finite_logits(model, input_ids: torch.Tensor, role: str, last: int | None = None) -> torch.Tensor:
     """Logits, or a PipelineInputError when the model is numerically broken (they could not be stored as JSON)."""
-    logits = _logits(model, input_ids)
-    if not bool(torch.isfinite(logits).all()):
+    logits = _logits(model, input_ids, last=last)
+    # The extremes are finite exactly when every logit is (aminmax propagates NaN): one pass, no mask tensor.
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(logits))).all()):
         raise PipelineInputError(
             f"The {role} model produced NaN or infinite logits on the evaluation text, so it is numerically "
             "broken (often a float16 overflow); quantize it again with compute_dtype bfloat16 or float32, or "
@@ -378,10 +412,11 @@ def _finite_logits(model, input_ids: torch.Tensor, role: str) -> torch.Tensor:
     return logits
 
 
-def _log_prob_blocks(reference_logits: torch.Tensor, candidate_logits: torch.Tensor):
-    """Yield (row slice, log P, log Q) in float64, a bounded number of rows at a time."""
+def _log_prob_blocks(reference_logits: torch.Tensor, candidate_logits: torch.Tensor,
+                     elements: int = LOG_PROB_ELEMENTS_PER_BLOCK):
+    """Yield (row slice, log P, log Q) in float64, about `elements` values at a time."""
     rows, vocab = reference_logits.shape
-    step = max(1, LOG_PROB_ELEMENTS_PER_BLOCK // vocab)
+    step = max(1, elements // vocab)
     for start in range(0, rows, step):
         rows_slice = slice(start, min(start + step, rows))
         log_p = torch.log_softmax(reference_logits[rows_slice].to(torch.float64), dim=-1)
@@ -418,33 +453,62 @@ class _TokenStatistics:
         self.delta_p_chart = _ChartHistogram(DELTA_P_CHART_EDGES)
 
     def add(self, reference_logits, candidate_logits, targets) -> None:
-        for rows, log_p, log_q in _log_prob_blocks(reference_logits, candidate_logits):
-            target = targets[rows].unsqueeze(-1)
-            kl = _kl_divergence(log_p, log_q)
-            target_log_p = log_p.gather(-1, target).squeeze(-1)
-            target_log_q = log_q.gather(-1, target).squeeze(-1)
-            delta_p = target_log_q.exp() - target_log_p.exp()
-            same_top1 = int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
-            top_p = log_p.topk(self.top_k, dim=-1).indices
-            top_q = log_q.topk(self.top_k, dim=-1).indices
-            overlap = int((top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).sum())
+        """Accumulate one batch of scored rows; the logits must be finite (_finite_logits checks them)."""
+        rows, vocab = reference_logits.shape
+        same = candidate_logits is reference_logits
+        device = reference_logits.device
+        kl = torch.zeros(rows, dtype=torch.float64, device=device)
+        target_log_p = torch.empty(rows, dtype=torch.float64, device=device)
+        target_log_q = target_log_p if same else torch.empty(rows, dtype=torch.float64, device=device)
+        same_top1 = overlap = 0
+        # Small row blocks keep the float64 temporaries in cache; each row is computed exactly as over all rows.
+        step = max(1, STATISTICS_ELEMENTS_PER_BLOCK // vocab)
+        for start in range(0, rows, step):
+            block = slice(start, min(start + step, rows))
+            target = targets[block].unsqueeze(-1)
+            log_p = torch.log_softmax(reference_logits[block], dim=-1, dtype=torch.float64)
+            target_log_p[block] = log_p.gather(-1, target).squeeze(-1)
+            if same:
+                # Q is P: KL stays exactly 0, and top-1 and top-k agree everywhere.
+                same_top1 += log_p.shape[0]
+                overlap += log_p.shape[0] * self.top_k
+                continue
+            log_q = torch.log_softmax(candidate_logits[block], dim=-1, dtype=torch.float64)
+            target_log_q[block] = log_q.gather(-1, target).squeeze(-1)
+            # KL_t = sum_v P_v (log P_v - log Q_v), in place. Finite logits give finite log-probabilities, so a
+            # P_v that underflows to 0 contributes exactly 0 without a mask.
+            terms = log_p - log_q
+            terms.mul_(log_p.exp())
+            kl[block] = terms.sum(dim=-1)
+            top_p_values, top_p = log_p.topk(self.top_k, dim=-1)
+            top_q_values, top_q = log_q.topk(self.top_k, dim=-1)
+            overlap += int((top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).sum())
+            if self.top_k > 1 and bool((top_p_values[:, 0] > top_p_values[:, 1]).all()) and bool(
+                (top_q_values[:, 0] > top_q_values[:, 1]).all()
+            ):
+                # A strict maximum is argmax's answer; ties (rare) go to argmax, which picks the first index.
+                same_top1 += int((top_p[:, 0] == top_q[:, 0]).sum())
+            else:
+                same_top1 += int((log_p.argmax(-1) == log_q.argmax(-1)).sum())
+        kl.clamp_min_(0.0)
+        delta_p = target_log_q.exp() - target_log_p.exp()
 
-            kl_values = kl.cpu().numpy()
-            delta_p_values = delta_p.cpu().numpy()
-            nll_p = (-target_log_p).cpu().numpy()
-            nll_q = (-target_log_q).cpu().numpy()
-            self.tokens += kl_values.size
-            self.same_top1 += same_top1
-            self.topk_overlap += overlap
-            self.kl.add(kl_values)
-            self.delta_p.add(delta_p_values)
-            self.squared_delta_p.add(delta_p_values * delta_p_values)
-            self.nll.add(nll_p, nll_q)
-            self.nll_difference.add(nll_q - nll_p)
-            self.kl_sketch.add(kl_values)
-            self.delta_p_sketch.add(delta_p_values)
-            self.kl_chart.add(kl_values)
-            self.delta_p_chart.add(delta_p_values)
+        kl_values = kl.cpu().numpy()
+        delta_p_values = delta_p.cpu().numpy()
+        nll_p = (-target_log_p).cpu().numpy()
+        nll_q = (-target_log_q).cpu().numpy()
+        self.tokens += kl_values.size
+        self.same_top1 += same_top1
+        self.topk_overlap += overlap
+        self.kl.add(kl_values)
+        self.delta_p.add(delta_p_values)
+        self.squared_delta_p.add(delta_p_values * delta_p_values)
+        self.nll.add(nll_p, nll_q)
+        self.nll_difference.add(nll_q - nll_p)
+        self.kl_sketch.add(kl_values)
+        self.delta_p_sketch.add(delta_p_values)
+        self.kl_chart.add(kl_values)
+        self.delta_p_chart.add(delta_p_values)
 
     def result(self) -> dict:
         n = self.tokens
@@ -749,14 +813,16 @@ class _LayerError:
         reference = reference_output.reshape(-1, reference_output.shape[-1]).to(torch.float64)
         local = local_output.reshape(-1, local_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
         own = own_output.reshape(-1, own_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
-        local_difference = local - reference
-        channel_error = local_difference.square().sum(0)
+        # Sums of products as float64 dot products: one pass each, no temporaries.
+        reference_flat, local_flat = reference.reshape(-1), local.reshape(-1)
+        channel_error = (local - reference).square_().sum(0)
         self.channel_error = channel_error if self.channel_error is None else self.channel_error + channel_error
-        self.reference_energy += float(reference.square().sum())
-        self.local_energy += float(local.square().sum())
+        self.reference_energy += float(torch.dot(reference_flat, reference_flat))
+        self.local_energy += float(torch.dot(local_flat, local_flat))
         self.local_error += float(channel_error.sum())
-        self.local_dot += float((local * reference).sum())
-        self.propagated_error += float((own - reference).square().sum())
+        self.local_dot += float(torch.dot(local_flat, reference_flat))
+        propagated = (own - reference).reshape(-1)
+        self.propagated_error += float(torch.dot(propagated, propagated))
 
     def result(self, name: str, weight_relative_error: float | None) -> dict:
         relative_error = self.local_error / self.reference_energy if self.reference_energy > 0 else None
@@ -798,9 +864,16 @@ def _layer_errors(reference_model, candidate_model, sequences, weight_errors, ab
     if not names or not sequences:
         return []
     errors = {name: _LayerError() for name in names}
+    # The capture passes' logits (their hooks change nothing) and decoder-layer outputs, reused by the ablations.
+    stack, stack_positions = _decoder_stack(reference_model, reference_units) if ablation_top_n > 0 else (None, {})
+    reference_logits, stack_outputs = [], []
     for index, sequence in enumerate(sequences):
-        _accumulate_layer_errors(reference_model, candidate_model, reference_units, candidate_units, names,
-                                 sequence.to(device), errors)
+        logits, outputs = _accumulate_layer_errors(reference_model, candidate_model, reference_units,
+                                                   candidate_units, names, sequence.to(device), errors, stack)
+        if ablation_top_n > 0:
+            reference_logits.append(logits)
+            stack_outputs.append(outputs)
+        del logits, outputs
         report(int(40 * (index + 1) / len(sequences)), f"Measured layer errors on {index + 1} of {len(sequences)} "
                "sequences")
 
@@ -812,19 +885,20 @@ def _layer_errors(reference_model, candidate_model, sequences, weight_errors, ab
         reverse=True,
     )[:ablation_top_n]
     if ranked:
-        reference_logits = [_logits(reference_model, sequence.to(device)) for sequence in sequences]
         for number, layer in enumerate(ranked, start=1):
             name = layer["name"]
             layer["ablation_kl"] = _ablation_kl(
                 reference_model, reference_units[name], candidate_units[name], errors[name].candidate_input_dtype,
-                sequences, reference_logits, device,
+                sequences, reference_logits, device, stack, stack_positions.get(name, 0), stack_outputs,
             )
             report(50 + int(50 * number / len(ranked)), f"Ablated {number} of {len(ranked)} most sensitive layers")
     return layers
 
 
 def _accumulate_layer_errors(reference_model, candidate_model, reference_units, candidate_units, names, input_ids,
-                             errors) -> None:
+                             errors, stack=None) -> tuple[torch.Tensor, list]:
+    """Hooked passes of both models over input_ids; returns the reference's logits (capture hooks alter nothing)
+    and the outputs of the reference's decoder layers in `stack` (empty without one)."""
     # The reference's Linear inputs and outputs are kept without copying: the decoder architectures served here
     # (Llama, Mistral, Qwen) never modify them in place after the Linear returns.
     captured: dict[str, list] = {name: [] for name in names}
@@ -853,9 +927,13 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
 
         return hook
 
+    stack_outputs: list = []
     handles = [reference_units[name].register_forward_hook(capture(name), with_kwargs=True) for name in names]
+    if stack is not None:
+        handles += [layer.register_forward_hook(lambda module, args, output: stack_outputs.append(output))
+                    for layer in stack]
     try:
-        _logits(reference_model, input_ids)
+        reference_logits = _logits(reference_model, input_ids)
     finally:
         for handle in handles:
             handle.remove()
@@ -866,6 +944,70 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
         for handle in handles:
             handle.remove()
         captured.clear()
+    if stack is not None and len(stack_outputs) != len(stack):
+        stack_outputs = []  # the layers did not run once each in order: the ablations run whole passes
+    return reference_logits, stack_outputs
+
+
+def _decoder_stack(model, units) -> tuple[torch.nn.ModuleList | None, dict[str, int]]:
+    """The model's decoder layers (the ModuleList holding most of `units`) and, per unit name, how many of those
+    layers run before the unit: an ablation need not recompute them. The output head comes after all of them;
+    other units outside the stack get 0 (a whole pass)."""
+    stack, positions = None, {}
+    for path, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        prefix = path.removeprefix("base_model.model.") + "."
+        found = {}
+        for name in units:
+            if name.startswith(prefix):
+                head = name[len(prefix):].split(".", 1)[0]
+                if head.isdigit() and int(head) < len(module):
+                    found[name] = int(head)
+        if len(found) > len(positions):
+            stack, positions = module, found
+    if stack is None:
+        return None, {}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, unit in units.items():
+        if head is not None and (unit is head or getattr(unit, "base_layer", None) is head):
+            positions[name] = len(stack)
+    return stack, positions
+
+
+class _ReplayedLayers:
+    """Within the block, the first `count` layers of `stack` return their recorded outputs instead of running."""
+
+    def __init__(self, stack, count: int, outputs: list):
+        self.layers = list(stack)[:count] if outputs else []
+        self.outputs = outputs
+        self.saved: list = []
+
+    def __enter__(self):
+        for index, layer in enumerate(self.layers):
+            self.saved.append(layer.__dict__.get("forward"))  # accelerate may have wrapped forward already
+            layer.forward = self._replay(self.outputs[index], last=index == len(self.layers) - 1)
+        return self
+
+    def __exit__(self, *exc_info):
+        for layer, saved in zip(self.layers, self.saved):
+            if saved is None:
+                del layer.forward
+            else:
+                layer.forward = saved
+        self.saved = []
+
+    @staticmethod
+    def _replay(output, last: bool):
+        def forward(*args, **kwargs):
+            # The next layer gets a copy, so nothing it might do in place reaches the record.
+            if last and isinstance(output, torch.Tensor):
+                return output.clone()
+            if last and isinstance(output, tuple):
+                return tuple(item.clone() if isinstance(item, torch.Tensor) else item for item in output)
+            return output
+
+        return forward
 
 
 def _linear_input(args, kwargs) -> torch.Tensor:
@@ -875,8 +1017,11 @@ def _linear_input(args, kwargs) -> torch.Tensor:
 
 
 def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_input_dtype, sequences,
-                 reference_logits, device) -> float:
-    """Mean KL(reference || reference with this one module swapped for the candidate's) over all positions."""
+                 reference_logits, device, stack=None, skipped: int = 0, stack_outputs=None) -> float:
+    """Mean KL(reference || reference with this one module swapped for the candidate's) over all positions.
+
+    The `skipped` decoder layers before the module cannot change; they replay their recorded outputs.
+    """
 
     busy = {"swapping": False}
 
@@ -894,12 +1039,20 @@ def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_inpu
     moments = _Moments()
     handle = reference_unit.register_forward_hook(swap, with_kwargs=True)
     try:
-        for sequence, logits in zip(sequences, reference_logits):
-            ablated = _logits(reference_model, sequence.to(device))
+        for index, (sequence, logits) in enumerate(zip(sequences, reference_logits)):
+            outputs = stack_outputs[index] if stack is not None and stack_outputs else []
+            with torch.inference_mode(), _ReplayedLayers(stack, skipped, outputs):
+                ablated = _logits(reference_model, sequence.to(device))
             reference_rows = logits.reshape(-1, logits.shape[-1])
             ablated_rows = ablated.reshape(-1, ablated.shape[-1])
-            for _, log_p, log_q in _log_prob_blocks(reference_rows, ablated_rows):
-                moments.add(_kl_divergence(log_p, log_q).cpu().numpy())
+            for _, log_p, log_q in _log_prob_blocks(reference_rows, ablated_rows, STATISTICS_ELEMENTS_PER_BLOCK):
+                # Unmasked first; where P_v > 0 the terms are the masked ones, elsewhere 0 * finite adds nothing,
+                # so a finite result is the masked one. Non-finite logits take the masked path.
+                terms = log_p - log_q
+                terms.mul_(log_p.exp())
+                kl = terms.sum(dim=-1)
+                kl = kl.clamp_min_(0.0) if bool(torch.isfinite(kl).all()) else _kl_divergence(log_p, log_q)
+                moments.add(kl.cpu().numpy())
     finally:
         handle.remove()
     return moments.mean

@@ -224,6 +224,33 @@ def test_nf4_drifts_more_than_int8_and_layers_show_why(reference_dir, tmp_path):
     assert int8_layers["lm_head"]["weight_relative_error"] == 0.0  # skipped by default
 
 
+def test_ablations_replaying_the_earlier_layers_equal_whole_passes(reference, monkeypatch):
+    model, tokenizer = reference
+    candidate = perturbed_copy(model, scale=0.01)
+    units = analysis._linear_units(model)
+    stack, positions = analysis._decoder_stack(model, units)
+    assert stack is model.model.layers and positions["lm_head"] == len(stack)
+    assert positions["model.layers.1.mlp.down_proj"] == 1
+    # Every module ablated, over two sequences of different lengths.
+    sequences = analysis._layer_sequences(
+        analysis._EvaluationChunks(tokenizer, SAMPLE_TEXTS, context_length=64, max_tokens=1024,
+                                   vocab_size=analysis._output_vocab_size(model)), 100)
+    assert [sequence.shape[1] for sequence in sequences] == [64, 36]
+
+    def layer_errors():
+        with torch.no_grad():
+            return analysis._layer_errors(model, candidate, sequences, {}, len(units), torch.device("cpu"),
+                                          lambda percent, message: None)
+
+    replayed = layer_errors()
+    monkeypatch.setattr(analysis, "_decoder_stack", lambda model, units: (None, {}))
+    whole = layer_errors()
+    assert [layer["ablation_kl"] for layer in replayed] == [layer["ablation_kl"] for layer in whole]
+    assert all(layer["ablation_kl"] > 0 for layer in whole if layer["name"] != "lm_head")
+    assert replayed == whole
+    assert "forward" not in vars(stack[0])  # the replay is undone
+
+
 # --- Answer flips -----------------------------------------------------------------------------------------------
 
 
