@@ -679,9 +679,21 @@ def _print_summary(info: dict, *, checked: bool = True) -> None:
     print(f"  access key {info['access_key']}; the secret: `python scripts/s3server.py env`")
 
 
+def vacuum(data_dir: Path | str | None = None, *, garbage_threshold: float = 0.1) -> None:
+    """Ask the master to compact volumes: SeaweedFS frees the space of deleted objects only then."""
+    import urllib.request
+
+    info = server_status(data_dir)
+    if not info["running"]:
+        raise S3ServerError("the S3 server is not running; nothing to compact")
+    url = f"http://127.0.0.1:{info['ports']['master']}/vol/vacuum?garbageThreshold={garbage_threshold}"
+    with urllib.request.urlopen(url, timeout=600) as response:
+        response.read()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Local SeaweedFS S3 server for development and tests.")
-    parser.add_argument("command", choices=("start", "stop", "status", "env"))
+    parser.add_argument("command", choices=("start", "stop", "status", "env", "vacuum"))
     parser.add_argument("--data-dir", type=Path, default=None,
                         help=f"default: $S3_DATA_DIR or {DEFAULT_DATA_DIR}")
     parser.add_argument("--timeout", type=float, default=None,
@@ -707,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
                 print("stopping S3 server (SeaweedFS takes ~15 s to close its gRPC streams) ...", flush=True)
                 stop_server(directory, timeout=args.timeout or DEFAULT_STOP_TIMEOUT)
                 print(f"S3 server stopped in {time.monotonic() - began:.1f} s")
+        elif args.command == "vacuum":
+            vacuum(args.data_dir)
+            print("S3 server compacted its volumes (space of deleted objects freed)")
         elif args.command == "status":
             info = server_status(args.data_dir)
             if not info["running"]:

@@ -105,6 +105,8 @@ bench() {
     echo "== $script"
     "$PY" "$script" || failed=1
   done
+  # The upload benchmark writes and deletes gigabytes; SeaweedFS frees that space only when compacted.
+  "$PY" scripts/s3server.py vacuum || true
   return $failed
 }
 
