@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from governance.audit import append_event
 from registry import storage
-from registry.errors import Conflict, InvalidInput, NotFound, TooLarge, Unprocessable
+from registry.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from registry.models import (
     Analysis, Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator,
 )

@@ -8,6 +8,7 @@ from registry import selectors
 from registry.api.permissions import EngineerWrites
 from registry.errors import NotFound
 from workers import services
+from workers.selectors import get_analysis, get_job
 from workers.models import Job
 
 
@@ -31,13 +32,6 @@ class QuantizeRequestSerializer(serializers.Serializer):
     double_quant = serializers.BooleanField(default=False)
     skip_modules = serializers.ListField(child=serializers.CharField(max_length=200), default=lambda: ["lm_head"],
                                         max_length=1000)
-
-
-def get_job(job_id) -> Job:
-    try:
-        return Job.objects.select_related("source_version__model", "created_by").get(pk=job_id)
-    except Job.DoesNotExist:
-        raise NotFound(f"No job with id {job_id}.") from None
 
 
 class QuantizeView(APIView):
@@ -101,15 +95,6 @@ def analysis_document(analysis) -> dict:
     document["plots"] = [{"name": plot["name"], "url": f"/api/v1/analyses/{analysis.pk}/plots/{plot['name']}"}
                          for plot in analysis.plots]
     return document
-
-
-def get_analysis(analysis_id):
-    from registry.models import Analysis
-
-    try:
-        return Analysis.objects.select_related("job", "reference__model", "candidate__model").get(pk=analysis_id)
-    except Analysis.DoesNotExist:
-        raise NotFound(f"No analysis with id {analysis_id}.") from None
 
 
 class AnalysisStartView(APIView):

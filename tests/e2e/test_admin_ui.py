@@ -6,7 +6,7 @@ import pytest
 
 from registry.models import Alias, ModelVersion
 from tests.conftest import client_for, register_sealed_version
-from tests.e2e.conftest import ROOT, admin_login, wait_for_job
+from tests.e2e.conftest import ROOT, admin_login
 
 SCREENSHOTS = ROOT / ".var" / "screenshots"
 

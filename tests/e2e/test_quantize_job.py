@@ -1,7 +1,5 @@
 """Quantization through the API with a real Celery worker process: each method, lineage, crash and retry,
 cancellation, bad input."""
-import time
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM

@@ -56,8 +56,6 @@ def test_rollback_to_a_named_previously_deployed_version(deployed_three, ops_use
 
 def test_rollback_to_a_never_deployed_version_is_refused(engineer, engineer_api, versions, approver,
                                                          second_approver, ops_user, tiny_model_dir):
-    from tests.governance.conftest import register_version
-
     request_id = engineer_api.post("/api/v1/change-requests/", {
         "model": "credit-llm", "alias": "production", "version": 1, "justification": "first"},
         format="json").json()["id"]

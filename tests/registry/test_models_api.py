@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from governance.models import AuditEvent
 from registry.models import ModelVersion, RegisteredModel, VersionFile
-from tests.conftest import client_for, register_sealed_version, upload_directory
+from tests.conftest import client_for, register_sealed_version
 
 pytestmark = pytest.mark.django_db
 
