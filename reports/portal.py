@@ -4,6 +4,7 @@ from functools import wraps
 
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -46,18 +47,24 @@ class PortalLoginView(auth_views.LoginView):
         return "/portal/"
 
 
+REPORTS_PER_PAGE = 50
+
+
 @regulator_required
 def report_list(request):
     model_name = request.GET.get("model") or None
+    # Each badge validates a stored PDF, so a page holds a bounded number of reports.
+    page = Paginator(selectors.reports(model_name=model_name).exclude(object_key=""), REPORTS_PER_PAGE).get_page(
+        request.GET.get("page"))
     rows = []
-    for report in selectors.reports(model_name=model_name).exclude(object_key=""):
+    for report in page:
         rows.append({"report": report, "title": selectors.report_title(report), "verification": _badge(report)})
     by_model: dict[str, list] = {}
     for row in rows:
         by_model.setdefault(row["report"].model.name, []).append(row)
     subscriptions = set(ReportSubscription.objects.filter(user=request.user).values_list("model__name", flat=True))
     return render(request, "reports/portal/reports.html", {
-        "by_model": sorted(by_model.items()), "model_name": model_name,
+        "by_model": sorted(by_model.items()), "model_name": model_name, "page": page,
         "models": RegisteredModel.objects.order_by("name").values_list("name", flat=True),
         "subscribed_all": None in subscriptions, "subscribed_models": subscriptions - {None},
         "root": pki.root_summary(),

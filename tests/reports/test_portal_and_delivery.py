@@ -27,6 +27,17 @@ def test_portal_lists_reports_per_model_with_verification_badges_and_downloads(h
     assert "signatures valid (draft)" in page  # the LoRA request's draft
 
 
+def test_portal_pages_its_report_list_so_each_page_verifies_a_bounded_number(history, regulator_browser,
+                                                                           monkeypatch):
+    from reports import portal
+
+    monkeypatch.setattr(portal, "REPORTS_PER_PAGE", 1)
+    first = regulator_browser.get("/portal/").content.decode()
+    assert first.count("/pdf\"") == 1 and "page 1 of" in first and "older" in first
+    second = regulator_browser.get("/portal/?page=2").content.decode()
+    assert second.count("/pdf\"") == 1 and "newer" in second
+
+
 def test_portal_report_page_shows_each_signature(history, regulator_browser):
     report = history["reports"]["update"]
 
