@@ -1,4 +1,5 @@
 """All settings come from the environment, with defaults that work on a local development machine."""
+import os
 from pathlib import Path
 
 from config.env import database_from_url, env_bool, env_int, env_secret, env_str
@@ -89,6 +90,16 @@ S3_ENDPOINT = env_str("S3_ENDPOINT", "http://127.0.0.1:9000")
 S3_ACCESS_KEY = env_secret("S3_ACCESS_KEY", "registry-dev" if DEBUG else None)
 S3_SECRET_KEY = env_secret("S3_SECRET_KEY", "registry-dev-secret" if DEBUG else None)
 S3_BUCKET = env_str("S3_BUCKET", "registry")
+if DEBUG and not os.environ.get("S3_ENDPOINT"):
+    # Development convenience: `python manage.py ...` run by hand talks to the SeaweedFS server that
+    # scripts/s3server.py runs for this checkout, without exporting its variables first.
+    from scripts.s3server import STATE_FILE, default_data_dir, server_status
+
+    if (default_data_dir() / STATE_FILE).exists():
+        _local_s3 = server_status()
+        if _local_s3["running"] and _local_s3["endpoint"]:
+            S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY = (
+                _local_s3["endpoint"], _local_s3["access_key"], _local_s3["secret_key"])
 S3_REGION = env_str("S3_REGION", "us-east-1")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300)
 S3_PART_SIZE = env_int("S3_PART_SIZE", 8 * 1024 * 1024)
