@@ -12,6 +12,8 @@ reports is the signer's own clock; verification checks certificates at the curre
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import io
 import os
@@ -446,6 +448,17 @@ def verify_pdf(pdf_bytes: bytes, *, trusted_root_pem: bytes) -> dict:
     `intact` means every signature's digest matches, covers its whole revision, and whatever was appended after
     it is allowed by the certification (form filling and signing only).
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _verify_pdf(pdf_bytes, trusted_root_pem=trusted_root_pem)
+    # pyHanko's synchronous validator calls asyncio.run(), which refuses to run inside a running event loop
+    # (an ASGI server, a notebook, a browser-driving test): validate in a thread of its own then.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_verify_pdf, pdf_bytes, trusted_root_pem=trusted_root_pem).result()
+
+
+def _verify_pdf(pdf_bytes: bytes, *, trusted_root_pem: bytes) -> dict:
     # A root that does not parse is our own misconfiguration, not the document's fault: let it raise.
     root_der = x509.load_pem_x509_certificate(trusted_root_pem).public_bytes(serialization.Encoding.DER)
     root = asn1_x509.Certificate.load(root_der)

@@ -1,5 +1,6 @@
 """End to end: decisions and a rollback through the API; the hooks enqueue; a real Celery worker renders, signs,
 locks and delivers the reports; the API serves them and verifies them against the organisation root."""
+import json
 import time
 
 import pytest
@@ -39,7 +40,13 @@ def wait_for_report(api, model: str, *, kind: str, count: int = 1, timeout: floa
     raise AssertionError(f"no final {kind} report for {model} after {timeout} s")
 
 
-def test_deployments_and_a_rollback_get_signed_reports_from_the_worker(report_worker, e2e_users, unique):
+@pytest.fixture
+def report_web(report_worker, web_server):
+    """gunicorn started after the PKI, so it reads the same REPORT_PKI_DIR as the worker."""
+    return web_server
+
+
+def test_deployments_and_a_rollback_get_signed_reports_from_the_worker(report_web, browser, e2e_users, unique):
     engineer, ops, regulator = e2e_users["engineer"], e2e_users["ops"], e2e_users["regulator"]
     approvers = [client_for(e2e_users["approver"]), client_for(e2e_users["approver2"])]
     engineer_api, regulator_api = client_for(engineer), client_for(regulator)
@@ -82,7 +89,7 @@ def test_deployments_and_a_rollback_get_signed_reports_from_the_worker(report_wo
 
     for report in (first, second, rollback):
         verification = regulator_api.get(f"/api/v1/reports/{report['id']}/verification").json()
-        assert verification["verified"] is True, verification
+        assert verification["verified"] is True, json.dumps(verification, default=str)[:3000]
         pdf = regulator_api.get(f"/api/v1/reports/{report['id']}/pdf")
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     signers = [s["signer"] for s in regulator_api.get(f"/api/v1/reports/{second['id']}/verification").json()["signatures"]]
@@ -93,3 +100,23 @@ def test_deployments_and_a_rollback_get_signed_reports_from_the_worker(report_wo
     while ReportDelivery.objects.filter(user=regulator).count() < 3 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert ReportDelivery.objects.filter(user=regulator).count() == 3
+
+    # The regulator reads the reports in the portal, in a real browser.
+    from tests.e2e.test_admin_ui import _shot
+
+    page = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True).new_page()
+    page.goto(f"{report_web}/portal/login/")
+    page.fill("#id_username", regulator.username)
+    page.fill("#id_password", f"{regulator.username}-password")
+    page.click("button[type=submit]")
+    page.goto(f"{report_web}/portal/?model={name}")
+    section = page.inner_text(f"#model-{name} + table")
+    assert section.count("verified") == 3 and "rolled back v2" in section, section
+    _shot(page, "portal-reports")
+    page.click(f"a[href='/portal/reports/{rollback['id']}/']")
+    assert "verified" in page.inner_text("p:has(.badge)")
+    assert ops.username in page.inner_text("body")
+    _shot(page, "portal-rollback-report")
+    with page.expect_download() as download:
+        page.click("text=Download the PDF")
+    assert open(download.value.path(), "rb").read(5) == b"%PDF-"

@@ -361,3 +361,16 @@ def test_a_flipped_byte_anywhere_never_raises(fully_signed, root_pem):
         tampered[position] ^= 0x20
         verdict = signing.verify_pdf(bytes(tampered), trusted_root_pem=root_pem)
         assert set(verdict) >= {"intact", "valid", "trusted", "signatures"}
+
+
+
+def test_verification_works_inside_a_running_event_loop(fully_signed, root_pem):
+    """An ASGI server or a browser-driving test keeps an event loop running; pyHanko's sync API calls asyncio.run,
+    so verification must still give the real verdict there."""
+    import asyncio
+
+    async def verify_in_loop():
+        return signing.verify_pdf(fully_signed, trusted_root_pem=root_pem)
+
+    verdict = asyncio.run(verify_in_loop())
+    assert verdict["intact"] and verdict["trusted"], verdict
