@@ -213,3 +213,19 @@ def test_opening_requests_validates_input(engineer_api, versions, approver):
         format="json").status_code == 403
     assert ChangeRequest.objects.count() == 0
     assert AliasChange.objects.count() == 0
+
+
+def test_bad_decisions_and_policies_are_400_and_change_nothing(engineer_api, versions, approver):
+    request_id = _open(engineer_api, 1).json()["id"]
+    response = client_for(approver).post(f"/api/v1/change-requests/{request_id}/decisions",
+                                         {"decision": "maybe"}, format="json")
+    assert response.status_code == 400 and "decision" in response.json()["detail"]
+    assert Decision.objects.count() == 0
+    admin = make_user("root-admin", superuser=True)
+    for payload in ({"required_approvals": 0, "allow_override": False, "expiry_days": 7, "gates": {}},
+                    {"required_approvals": 1, "allow_override": False, "expiry_days": 7, "gates": {"vibes_max": 1}}):
+        response = client_for(admin).put("/api/v1/models/credit-llm/policies/production", payload, format="json")
+        assert response.status_code == 400, response.content
+    assert engineer_api.get("/api/v1/models/credit-llm/policies/production").json()["required_approvals"] == 2
+    assert engineer_api.get("/api/v1/change-requests/999999/").status_code == 404
+    assert engineer_api.get("/api/v1/analyses/999999").status_code == 404
