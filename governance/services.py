@@ -14,6 +14,7 @@ from governance.models import DEFAULT_GATES, ChangeRequest, Decision, Policy
 from registry.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unprocessable
 from registry.models import Alias, AliasChange, Analysis, Dataset, ModelVersion, RegisteredModel
 from registry.roles import APPROVER, ML_ENGINEER, OPS, has_role
+from registry.selectors import newest_evaluation_dataset
 
 POLICY_FIELDS = ("required_approvals", "kl_mean_max", "kl_p99_max", "same_top1_min", "ppl_ratio_max",
                  "flip_rate_max", "allow_override", "expiry_days")
@@ -118,7 +119,7 @@ def _evaluation_dataset(dataset_id) -> Dataset:
         if dataset is None:
             raise NotFound(f"No dataset with id {dataset_id}.")
         return dataset
-    dataset = Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).order_by("-created_at").first()
+    dataset = newest_evaluation_dataset()
     if dataset is None:
         raise Unprocessable("Gates need an analysis, and no evaluation dataset is registered; register one "
                             "(POST /api/v1/datasets/ with purpose=evaluation) or name one in `dataset`.")
@@ -307,8 +308,7 @@ def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
             request.save()
             continue
         if request.dataset is None:
-            request.dataset = Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).order_by(
-                "-created_at").first()
+            request.dataset = newest_evaluation_dataset()
         if request.dataset is not None:
             _gate_or_queue(request, actor)
         request.save()

@@ -84,3 +84,8 @@ def lineage(version: ModelVersion) -> dict:
                 for sibling_edge in edges_qs.filter(child_id=edge.child_id):
                     record(sibling_edge)
     return {"nodes": list(nodes.values()), "edges": list(edges.values())}
+
+
+def newest_evaluation_dataset() -> Dataset | None:
+    """The evaluation dataset gates and automatic analyses use when none is named."""
+    return Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).order_by("-created_at", "-pk").first()

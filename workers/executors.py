@@ -9,6 +9,7 @@ from pathlib import Path
 from registry import services as registry_services
 from registry import storage
 from registry.models import Alias, Dataset, LineageEdge, ModelVersion
+from registry.selectors import newest_evaluation_dataset
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
 
 
@@ -132,7 +133,7 @@ def _queue_analysis_against_production(version: ModelVersion, actor) -> None:
     from workers.services import start_analysis
 
     production = Alias.objects.filter(model=version.model, name="production", version__isnull=False).first()
-    dataset = Dataset.objects.filter(purpose=Dataset.Purpose.EVALUATION).first()
+    dataset = newest_evaluation_dataset()
     if production and dataset and not version.analyses_as_candidate.filter(reference=production.version).exists():
         start_analysis(candidate=version, reference=production.version, dataset=dataset, actor=actor)
 
