@@ -23,9 +23,10 @@ django.setup()
 
 from django.test import override_settings  # noqa: E402
 
-from registry.models import Analysis, ModelVersion  # noqa: E402
+from registry.models import ModelVersion  # noqa: E402
 from reports import facts, render, services, signing  # noqa: E402
 from tests.reports.factories import QUANTIZATION_METADATA, synthetic_analysis_result  # noqa: E402
+from workers.models import Analysis  # noqa: E402
 
 BLOCKS = 32
 PASSPHRASE = b"bench-passphrase"

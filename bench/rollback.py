@@ -69,8 +69,8 @@ def main() -> None:
         check(approver.post(f"{BASE_URL}/api/v1/change-requests/{request['id']}/decisions",
                             json={"decision": "approve"}))
     # v2 follows through gates; a measured analysis is put in place rather than run (this bench times governance).
-    from registry.models import Analysis, Dataset, ModelVersion
-    from workers.models import Job
+    from registry.models import Dataset, ModelVersion
+    from workers.models import Analysis, Job
 
     user = User.objects.get(username=f"bench-engineer-{tag}")
     versions = {v.number: v for v in ModelVersion.objects.filter(model__name=model)}

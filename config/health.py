@@ -4,8 +4,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
-from registry import storage
-from registry.errors import StorageUnavailable
+from foundation import storage
+from foundation.errors import StorageUnavailable
 
 
 def _check_database():

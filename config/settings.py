@@ -21,10 +21,13 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "foundation",
     "registry",
     "workers",
     "governance",
     "reports",
+    "console",
+    "operations",
 ]
 
 MIDDLEWARE = [
@@ -78,7 +81,7 @@ STORAGES = {
 # Tests and a fresh checkout run without collectstatic: serve app static files straight from the finders then.
 WHITENOISE_USE_FINDERS = True
 
-# Uploads stream straight to object storage (registry.api.views); Django never buffers a request body to
+# Uploads stream straight to object storage (registry.api); Django never buffers a request body to
 # memory beyond this, and never spools uploads to disk for the raw PUT endpoint.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
@@ -127,7 +130,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "registry.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "foundation.error_responses.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {

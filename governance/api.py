@@ -4,14 +4,14 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from foundation.anchoring import verify_anchored_chain
+from foundation.models import AuditEvent
+from foundation.permissions import role_permission
+from foundation.roles import APPROVER, ML_ENGINEER, OPS
+from governance import selectors as governance_selectors
 from governance import services
-from governance.audit import verify_chain
-from governance.models import AuditEvent, ChangeRequest
+from governance.models import GATE_THRESHOLD_FIELDS, Alias, ChangeRequest
 from registry import selectors
-from registry.api.permissions import role_permission
-from registry.errors import NotFound
-from registry.models import Alias
-from registry.roles import APPROVER, ML_ENGINEER, OPS
 
 # Writes are further checked by the services (which role may do what, and separation of duties).
 GovernanceWrites = role_permission(ML_ENGINEER, APPROVER, OPS)
@@ -43,7 +43,7 @@ class PolicySerializer(serializers.Serializer):
     expiry_days = serializers.IntegerField(min_value=1, max_value=365)
 
     def validate_gates(self, gates):
-        unknown = set(gates) - {"kl_mean_max", "kl_p99_max", "same_top1_min", "ppl_ratio_max", "flip_rate_max"}
+        unknown = set(gates) - set(GATE_THRESHOLD_FIELDS)
         if unknown:
             raise serializers.ValidationError(f"Unknown gates: {', '.join(sorted(unknown))}.")
         return gates
@@ -67,17 +67,9 @@ def change_request_document(request: ChangeRequest) -> dict:
     }
 
 
-def get_change_request(request_id) -> ChangeRequest:
-    try:
-        return (ChangeRequest.objects.select_related("model", "from_version", "to_version", "requested_by")
-                .get(pk=request_id))
-    except ChangeRequest.DoesNotExist:
-        raise NotFound(f"No change request with id {request_id}.") from None
-
-
 def policy_document(policy: dict) -> dict:
-    gate_keys = ("kl_mean_max", "kl_p99_max", "same_top1_min", "ppl_ratio_max", "flip_rate_max")
-    return {"required_approvals": policy["required_approvals"], "gates": {k: policy[k] for k in gate_keys},
+    return {"required_approvals": policy["required_approvals"],
+            "gates": {field: policy[field] for field in GATE_THRESHOLD_FIELDS},
             "allow_override": policy["allow_override"], "expiry_days": policy["expiry_days"]}
 
 
@@ -85,12 +77,9 @@ class ChangeRequestListView(APIView):
     permission_classes = [GovernanceWrites]
 
     def get(self, request):
-        requests = ChangeRequest.objects.select_related("model", "from_version", "to_version", "requested_by")
-        for field in ("alias", "status"):
-            if request.query_params.get(field):
-                requests = requests.filter(**{field: request.query_params[field]})
-        if request.query_params.get("model"):
-            requests = requests.filter(model__name=request.query_params["model"])
+        params = request.query_params
+        requests = governance_selectors.change_requests(model_name=params.get("model"), alias=params.get("alias"),
+                                                        status=params.get("status"))
         return Response([change_request_document(r) for r in requests[:500]])
 
     @extend_schema(request=ChangeRequestOpenSerializer, responses={201: dict})
@@ -101,7 +90,7 @@ class ChangeRequestListView(APIView):
         change_request = services.open_change_request(
             model=selectors.get_model(data["model"]), alias=data["alias"], version_number=data["version"],
             justification=data["justification"], dataset_id=data.get("dataset"), actor=request.user)
-        return Response(change_request_document(get_change_request(change_request.pk)),
+        return Response(change_request_document(governance_selectors.get_change_request(change_request.pk)),
                         status=status.HTTP_201_CREATED)
 
 
@@ -109,7 +98,7 @@ class ChangeRequestDetailView(APIView):
     permission_classes = [GovernanceWrites]
 
     def get(self, request, request_id):
-        return Response(change_request_document(get_change_request(request_id)))
+        return Response(change_request_document(governance_selectors.get_change_request(request_id)))
 
 
 class DecisionView(APIView):
@@ -119,9 +108,9 @@ class DecisionView(APIView):
     def post(self, request, request_id):
         payload = DecisionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        services.decide(change_request=get_change_request(request_id), actor=request.user,
+        services.decide(change_request=governance_selectors.get_change_request(request_id), actor=request.user,
                         **payload.validated_data)
-        return Response(change_request_document(get_change_request(request_id)))
+        return Response(change_request_document(governance_selectors.get_change_request(request_id)))
 
 
 class PolicyView(APIView):
@@ -157,7 +146,7 @@ class AliasListView(APIView):
     permission_classes = [GovernanceWrites]
 
     def get(self, request, name):
-        aliases = Alias.objects.filter(model=selectors.get_model(name)).select_related("version")
+        aliases = governance_selectors.aliases_of(selectors.get_model(name))
         return Response([alias_document(a) for a in aliases])
 
 
@@ -200,9 +189,6 @@ class AuditVerificationView(APIView):
     permission_classes = [role_permission()]
 
     def get(self, request):
-        from governance.anchoring import latest_anchor
-
-        anchor = latest_anchor()
-        result = verify_chain(expected_head=(anchor["sequence"], anchor["hash"]) if anchor else None)
+        result, anchor = verify_anchored_chain()
         return Response({"ok": result.ok, "events": result.events, "first_bad": result.first_bad,
                          "reason": result.reason, "anchor": anchor})

@@ -1,7 +1,31 @@
 """Governance facts: policies per alias, change requests and their decisions, and the hash-chained audit trail."""
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import models
 
+from registry.models import model_name_validator
+
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One policy gate: the policy field holding its threshold, the measured value's name, and which way passes."""
+
+    threshold_field: str
+    measure: str
+    bound: str  # "max": the measure must be at most the threshold; "min": at least
+
+
+# The one list of gates: policies, their API, the gate computation and the reports all read it.
+GATES = (
+    Gate("kl_mean_max", "kl_mean", "max"),
+    Gate("kl_p99_max", "kl_p99", "max"),
+    Gate("same_top1_min", "same_top1", "min"),
+    Gate("ppl_ratio_max", "ppl_ratio", "max"),
+    Gate("flip_rate_max", "flip_rate", "max"),
+)
+GATE_THRESHOLD_FIELDS = tuple(gate.threshold_field for gate in GATES)
 # Defaults from published llama.cpp quantization figures (perplexity/KL tables for Q4-class quantizations):
 # mean KL <= 0.035, same top-1 >= 0.91, perplexity ratio <= 1.03.
 DEFAULT_GATES = {"kl_mean_max": 0.035, "kl_p99_max": None, "same_top1_min": 0.91, "ppl_ratio_max": 1.03,
@@ -54,7 +78,7 @@ class ChangeRequest(models.Model):
     justification = models.TextField()
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices)
-    analysis = models.ForeignKey("registry.Analysis", null=True, blank=True, on_delete=models.PROTECT,
+    analysis = models.ForeignKey("workers.Analysis", null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="change_requests")
     dataset = models.ForeignKey("registry.Dataset", null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="+")
@@ -97,25 +121,42 @@ class Decision(models.Model):
         ]
 
 
-class AuditEvent(models.Model):
-    """One state change anywhere in the system. Never updated or deleted: triggers refuse it (migration 0002)."""
+class Alias(models.Model):
+    """A named pointer (production, staging, ...) to one version of a model; moved only by governance."""
 
-    sequence = models.BigIntegerField(unique=True)
-    occurred_at = models.DateTimeField()
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    # The username as it was when the event happened, so the trail reads the same if the user is renamed.
-    actor_name = models.CharField(max_length=150, blank=True)
-    action = models.CharField(max_length=64)
-    model_name = models.CharField(max_length=100, blank=True, db_index=True)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
+    model = models.ForeignKey("registry.RegisteredModel", on_delete=models.PROTECT, related_name="aliases")
+    name = models.CharField(max_length=64, validators=[model_name_validator])
+    version = models.ForeignKey("registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    since = models.DateTimeField(null=True, blank=True)
+    # Versions deployed here through approved change requests, oldest first, minus those rolled back away from:
+    # a plain rollback returns to the one below the top, so rolling back twice goes two steps back.
+    deploy_stack = models.JSONField(default=list)
 
     class Meta:
-        ordering = ["-sequence"]
+        db_table = "registry_alias"  # the table it had when registry owned it: moving it changed no data
+        ordering = ["model__name", "name"]
+        verbose_name_plural = "aliases"
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="alias_name_unique_per_model")]
 
     def __str__(self) -> str:
-        return f"#{self.sequence} {self.action} {self.object_type}:{self.object_id}"
+        return f"{self.model.name}@{self.name}"
+
+
+class AliasChange(models.Model):
+    class Kind(models.TextChoices):
+        DEPLOY = "deploy"
+        ROLLBACK = "rollback"
+
+    alias = models.ForeignKey(Alias, on_delete=models.PROTECT, related_name="changes")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    from_version = models.ForeignKey("registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_version = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="+")
+    change_request = models.ForeignKey(ChangeRequest, null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="alias_changes")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "registry_aliaschange"  # append-only triggers (governance/0005) are attached to this table
+        ordering = ["-created_at", "-id"]

@@ -9,15 +9,24 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from governance.audit import append_event
-from governance.models import DEFAULT_GATES, ChangeRequest, Decision, Policy
-from registry.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unprocessable
-from registry.models import Alias, AliasChange, Analysis, Dataset, ModelVersion, RegisteredModel
-from registry.roles import APPROVER, ML_ENGINEER, OPS, has_role
+from foundation.announcements import announce_on_commit
+from foundation.audit import append_event
+from foundation.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unprocessable
+from foundation.roles import APPROVER, ML_ENGINEER, OPS, has_role
+from foundation.tasks import anchor_audit_head
+from governance import signals
+from governance.models import (
+    DEFAULT_GATES, GATE_THRESHOLD_FIELDS, GATES, Alias, AliasChange, ChangeRequest, Decision, Policy,
+)
+from registry.models import Dataset, ModelVersion, RegisteredModel
 from registry.selectors import newest_evaluation_dataset
+from workers.models import Analysis
+from workers.services import start_analysis
 
-POLICY_FIELDS = ("required_approvals", "kl_mean_max", "kl_p99_max", "same_top1_min", "ppl_ratio_max",
-                 "flip_rate_max", "allow_override", "expiry_days")
+POLICY_FIELDS = ("required_approvals", *GATE_THRESHOLD_FIELDS, "allow_override", "expiry_days")
+# What gating (_apply_gates, _gate_or_queue) may change on a change request, and what moving its alias changes.
+_GATED_FIELDS = ["policy_snapshot", "required_approvals", "override", "analysis", "gates", "status", "status_reason"]
+_REGATED_FIELDS = [*_GATED_FIELDS, "from_version", "round", "dataset"]
 
 
 def default_policy(alias: str) -> dict:
@@ -46,34 +55,35 @@ def set_policy(*, model: RegisteredModel, alias: str, values: dict, actor) -> di
     for field in POLICY_FIELDS:
         setattr(policy, field, merged[field])
     policy.updated_by = actor
-    policy.save()
+    policy.save(update_fields=[*POLICY_FIELDS, "updated_by", "updated_at"])
     append_event(actor=actor, action="policy.updated", object_type="policy", object_id=policy.pk,
                  model_name=model.name, before=before, after=merged | {"alias": alias})
     return merged
 
 
+def measured_values(result: dict) -> dict:
+    """Each gate's measure, from an analysis result (None when it was not measured)."""
+    flips = result.get("flips") or {}
+    return {"kl_mean": result["kl"]["mean"], "kl_p99": result["kl"]["p99"], "same_top1": result["top1_agreement"],
+            "ppl_ratio": result["ppl_ratio"], "flip_rate": flips.get("rate")}
+
+
 def compute_gates(result: dict, policy: dict) -> list[dict]:
     """Gate rows {name, threshold, value, passed} for every threshold the policy sets."""
-    flips = result.get("flips") or {}
-    measured = {
-        "kl_mean_max": ("kl_mean", result["kl"]["mean"], "max"),
-        "kl_p99_max": ("kl_p99", result["kl"]["p99"], "max"),
-        "same_top1_min": ("same_top1", result["top1_agreement"], "min"),
-        "ppl_ratio_max": ("ppl_ratio", result["ppl_ratio"], "max"),
-        "flip_rate_max": ("flip_rate", flips.get("rate"), "max"),
-    }
+    measured = measured_values(result)
     gates = []
-    for key, (name, value, direction) in measured.items():
-        threshold = policy.get(key)
+    for gate in GATES:
+        threshold = policy.get(gate.threshold_field)
         if threshold is None:
             continue
+        value = measured[gate.measure]
         if value is None:
-            gates.append({"name": name, "threshold": threshold, "value": None, "passed": False,
-                          "note": "not measured: use a multiple-choice evaluation dataset" if name == "flip_rate"
-                          else "not measured"})
+            gates.append({"name": gate.measure, "threshold": threshold, "value": None, "passed": False,
+                          "note": "not measured: use a multiple-choice evaluation dataset"
+                          if gate.measure == "flip_rate" else "not measured"})
             continue
-        passed = value <= threshold if direction == "max" else value >= threshold
-        gates.append({"name": name, "threshold": threshold, "value": value, "passed": bool(passed)})
+        passed = value <= threshold if gate.bound == "max" else value >= threshold
+        gates.append({"name": gate.measure, "threshold": threshold, "value": value, "passed": bool(passed)})
     return gates
 
 
@@ -135,8 +145,6 @@ def _gate_or_queue(request: ChangeRequest, actor) -> None:
     if analysis:
         _apply_gates(request, analysis)
         return
-    from workers.services import start_analysis
-
     analysis = _pending_analysis(request.from_version, request.to_version) or start_analysis(
         candidate=request.to_version, reference=request.from_version, dataset=request.dataset, actor=actor)
     request.analysis = analysis
@@ -171,12 +179,12 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
         if request.from_version is not None:
             request.dataset = _evaluation_dataset(dataset_id)
         _gate_or_queue(request, actor)
-        request.save()
+        request.save(force_insert=True)
         append_event(actor=actor, action="change_request.opened", object_type="change_request",
                      object_id=request.pk, model_name=model.name,
                      after=_snapshot(request) | {"alias": alias, "justification": request.justification})
         if request.status == ChangeRequest.Status.PENDING:
-            _on_commit_draft_report(request)
+            _announce_gated(request)
     return request
 
 
@@ -188,11 +196,11 @@ def analysis_completed(*, analysis_id: int) -> None:
                             status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
         before = _snapshot(request)
         _apply_gates(request, Analysis.objects.get(pk=analysis_id))
-        request.save()
+        request.save(update_fields=_GATED_FIELDS)
         append_event(actor=None, action="change_request.gated", object_type="change_request", object_id=request.pk,
                      model_name=request.model.name, before=before, after=_snapshot(request))
         if request.status == ChangeRequest.Status.PENDING:
-            _on_commit_draft_report(request)
+            _announce_gated(request)
 
 
 @transaction.atomic
@@ -253,7 +261,7 @@ def decide(*, change_request: ChangeRequest, actor, decision: str, comment: str)
         elif request.decisions.filter(round=request.round, decision="approve").count() >= request.required_approvals:
             _deploy(request, actor)
         else:
-            _on_commit_sign_report(request, actor)
+            _announce_approval(request, actor)
         append_event(actor=actor, action="change_request.updated", object_type="change_request",
                      object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
     return request
@@ -272,7 +280,7 @@ def _deploy(request: ChangeRequest, actor) -> None:
     request.deployed_at = timezone.now()
     request.save(update_fields=["status", "deployed_at"])
     _mark_others_stale(alias, exclude=request.pk, actor=actor)
-    _on_commit_final_report(request, actor)
+    _announce_deployment(request, actor)
 
 
 def _move_alias(alias: Alias, *, to_version: ModelVersion, kind: str, actor, reason: str,
@@ -305,17 +313,17 @@ def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
         request.round += 1
         if request.to_version_id == alias.version_id:
             request.status_reason = "The alias already points at this version."
-            request.save()
+            request.save(update_fields=_REGATED_FIELDS)
             continue
         if request.dataset is None:
             request.dataset = newest_evaluation_dataset()
         if request.dataset is not None:
             _gate_or_queue(request, actor)
-        request.save()
+        request.save(update_fields=_REGATED_FIELDS)
         append_event(actor=actor, action="change_request.stale", object_type="change_request",
                      object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
         if request.status == ChangeRequest.Status.PENDING:
-            _on_commit_draft_report(request)
+            _announce_gated(request)
 
 
 def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_number: int | None, actor) -> AliasChange:
@@ -355,8 +363,23 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
         alias_row.deploy_stack = stack
         alias_row.save(update_fields=["deploy_stack"])
         _mark_others_stale(alias_row, exclude=None, actor=actor)
-        _on_commit_rollback_report(change, actor)
+        _announce_rollback(change, actor)
     return change
+
+
+def compare_adapter_with_production(*, version: ModelVersion) -> Analysis | None:
+    """A new LoRA adapter on a model in production is analysed against production straight away, so a change
+    request for it finds its gates ready (the newest evaluation dataset is used)."""
+    if version.kind != ModelVersion.Kind.LORA:
+        return None
+    production = Alias.objects.filter(model=version.model, name="production", version__isnull=False).first()
+    dataset = newest_evaluation_dataset()
+    if production is None or dataset is None:
+        return None
+    if version.analyses_as_candidate.filter(reference=production.version).exists():
+        return None
+    return start_analysis(candidate=version, reference=production.version, dataset=dataset,
+                          actor=version.created_by)
 
 
 def expire_due_change_requests() -> int:
@@ -369,32 +392,22 @@ def expire_due_change_requests() -> int:
 
 
 def _anchor_audit_head_later() -> None:
-    from governance.tasks import anchor_audit_head
-
     anchor_audit_head.apply_async(queue="cpu")
 
 
-# Reports (signed PDFs) are produced by the reports app after the transaction commits; these hooks stay no-ops
-# until it is installed, so governance never waits for rendering.
-def _on_commit_draft_report(request: ChangeRequest) -> None:
-    from reports.hooks import draft_report_requested
-
-    transaction.on_commit(lambda: draft_report_requested(request.pk))
+# Reports (signed PDFs) are made by whoever listens to these announcements (the reports app), after the
+# transaction commits, so governance never waits for rendering and knows nothing of reports.
+def _announce_gated(request: ChangeRequest) -> None:
+    announce_on_commit(signals.change_request_gated, change_request_id=request.pk)
 
 
-def _on_commit_sign_report(request: ChangeRequest, actor) -> None:
-    from reports.hooks import approval_recorded
-
-    transaction.on_commit(lambda: approval_recorded(request.pk, actor.pk))
+def _announce_approval(request: ChangeRequest, actor) -> None:
+    announce_on_commit(signals.approval_recorded, change_request_id=request.pk, approver_id=actor.pk)
 
 
-def _on_commit_final_report(request: ChangeRequest, actor) -> None:
-    from reports.hooks import deployment_recorded
-
-    transaction.on_commit(lambda: deployment_recorded(request.pk, actor.pk))
+def _announce_deployment(request: ChangeRequest, actor) -> None:
+    announce_on_commit(signals.change_request_deployed, change_request_id=request.pk, approver_id=actor.pk)
 
 
-def _on_commit_rollback_report(change: AliasChange, actor) -> None:
-    from reports.hooks import rollback_recorded
-
-    transaction.on_commit(lambda: rollback_recorded(change.pk, actor.pk))
+def _announce_rollback(change: AliasChange, actor) -> None:
+    announce_on_commit(signals.alias_rolled_back, alias_change_id=change.pk, actor_id=actor.pk)

@@ -3,8 +3,17 @@ from collections import deque
 
 from django.db.models import QuerySet
 
-from registry.errors import NotFound
+from foundation import storage
+from foundation.errors import NotFound
 from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel
+
+
+def models() -> QuerySet[RegisteredModel]:
+    return RegisteredModel.objects.select_related("created_by")
+
+
+def datasets() -> QuerySet[Dataset]:
+    return Dataset.objects.select_related("created_by")
 
 
 def get_model(name: str) -> RegisteredModel:
@@ -26,6 +35,15 @@ def get_dataset(dataset_id) -> Dataset:
         return Dataset.objects.get(pk=int(dataset_id))
     except (Dataset.DoesNotExist, TypeError, ValueError):
         raise NotFound(f"No dataset with id {dataset_id!r}.") from None
+
+
+def file_download_url(version: ModelVersion, path: str) -> str:
+    """A short-lived URL that downloads one file of a version straight from object storage."""
+    version_file = version.files.filter(path=path).first()
+    if version_file is None:
+        raise NotFound(f"{version} has no file {path!r}.")
+    return storage.presigned_download_url(version_file.object_key, filename=path.rsplit("/", 1)[-1],
+                                          version_id=version_file.storage_version_id)
 
 
 def versions_of(model: RegisteredModel) -> QuerySet[ModelVersion]:
@@ -84,6 +102,15 @@ def lineage(version: ModelVersion) -> dict:
                 for sibling_edge in edges_qs.filter(child_id=edge.child_id):
                     record(sibling_edge)
     return {"nodes": list(nodes.values()), "edges": list(edges.values())}
+
+
+def module_names_of(version: ModelVersion) -> set[str]:
+    """Module paths of a sealed version, from the tensor names recorded at seal time ('a.b.weight' -> 'a.b')."""
+    names = set()
+    for tensors in version.files.exclude(tensors=None).values_list("tensors", flat=True):
+        for tensor_name in tensors:
+            names.add(tensor_name.rsplit(".", 1)[0])
+    return names
 
 
 def newest_evaluation_dataset() -> Dataset | None:

@@ -9,15 +9,19 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from governance.audit import append_event
-from registry import storage
-from registry.errors import Conflict, InvalidInput, TooLarge, Unprocessable
-from registry.models import (
-    Analysis, Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator,
-)
+from foundation import storage
+from foundation.audit import append_event
+from foundation.errors import Conflict, InvalidInput, TooLarge, Unprocessable
+from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator
 from registry.validation import (
-    MAX_JSON_FILE_BYTES, SAFETENSORS_SUFFIX, is_pickle_path, parse_json_file, parse_safetensors_header,
-    pickle_refusal, validate_file_path, validate_jsonl_dataset,
+    MAX_JSON_FILE_BYTES,
+    SAFETENSORS_SUFFIX,
+    is_pickle_path,
+    parse_json_file,
+    parse_safetensors_header,
+    pickle_refusal,
+    validate_file_path,
+    validate_jsonl_dataset,
 )
 
 
@@ -287,30 +291,3 @@ def register_derived_version(*, parent: ModelVersion, job, local_dir: Path, kind
                      after={**_version_summary(version), "parent": parent.number, "relation": relation,
                             "job": job.pk})
     return version
-
-
-
-def create_analysis(*, reference: ModelVersion, candidate: ModelVersion, dataset: Dataset, params: dict, job,
-                    actor) -> Analysis:
-    """Record a requested analysis (inside the transaction that creates its job)."""
-    analysis = Analysis.objects.create(reference=reference, candidate=candidate, dataset=dataset, params=params,
-                                       job=job, created_by=actor)
-    append_event(actor=actor, action="analysis.requested", object_type="analysis", object_id=analysis.pk,
-                 model_name=candidate.model.name,
-                 after={"reference": reference.number, "candidate": candidate.number, "dataset": dataset.pk,
-                        "params": params})
-    return analysis
-
-
-@transaction.atomic
-def record_analysis_result(*, analysis_id: int, result: dict, plots: list[dict]) -> None:
-    """Store an analysis's statistics and chart locations; written once, by its job."""
-    analysis = Analysis.objects.select_for_update().select_related("candidate__model").get(pk=analysis_id)
-    if analysis.result is not None:
-        return
-    analysis.result, analysis.plots = result, plots
-    analysis.save(update_fields=["result", "plots"])
-    append_event(actor=None, action="analysis.completed", object_type="analysis", object_id=analysis.pk,
-                 model_name=analysis.candidate.model.name,
-                 after={key: result.get(key) for key in ("tokens", "ppl_ratio", "top1_agreement")}
-                 | {"kl_mean": result["kl"]["mean"]})

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from registry.errors import InvalidInput, Unprocessable
+from foundation.errors import InvalidInput, Unprocessable
 
 # Formats that are pickles under the hood: loading one can run arbitrary code, so they are refused outright.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")

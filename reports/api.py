@@ -4,8 +4,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from registry.api.permissions import role_permission
-from reports import pki, selectors
+from foundation.permissions import role_permission
+from reports import selectors
 from reports.models import Report
 
 ReportReads = role_permission()
@@ -79,10 +79,16 @@ class RootCertificateView(APIView):
 
     @extend_schema(responses={(200, "application/x-pem-file"): bytes})
     def get(self, request):
-        response = HttpResponse(pki.root_pem(), content_type="application/x-pem-file")
-        response["Content-Disposition"] = 'attachment; filename="root.pem"'
-        response["X-Root-SHA256-Fingerprint"] = pki.root_summary()["sha256_fingerprint"]
-        return response
+        return root_certificate_response()
+
+
+def root_certificate_response() -> HttpResponse:
+    """The organisation root certificate as a download, with its fingerprint to compare before pinning it."""
+    root = selectors.root_certificate()
+    response = HttpResponse(root["pem"], content_type="application/x-pem-file")
+    response["Content-Disposition"] = 'attachment; filename="root.pem"'
+    response["X-Root-SHA256-Fingerprint"] = root["summary"]["sha256_fingerprint"]
+    return response
 
 
 def pdf_response(report: Report) -> HttpResponse:

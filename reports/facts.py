@@ -6,11 +6,14 @@ and tested here. Times are timezone-aware datetimes; numbers stay numbers (the t
 from django.conf import settings
 from django.utils import timezone
 
-from governance.models import AuditEvent, ChangeRequest
+from foundation.models import AuditEvent
+from foundation.roles import ALL_ROLES, user_roles
+from governance import selectors as governance_selectors
+from governance.models import AliasChange, ChangeRequest
 from registry import selectors
-from registry.models import AliasChange, Analysis, Dataset, LineageEdge, ModelVersion
-from registry.roles import ALL_ROLES, user_roles
+from registry.models import Dataset, LineageEdge, ModelVersion
 from reports import pki
+from workers.models import Analysis
 
 # The order and wording of the distribution statistics in the KL and delta-p tables (API.md, analyses).
 DISTRIBUTION_STATISTICS = (
@@ -259,9 +262,7 @@ def _dataset_row(dataset: Dataset, *, use: str) -> dict:
 
 def _deployment_facts(model_id: int, alias: str, version: ModelVersion) -> dict:
     """The approved change request that deployed `version` to the alias: its gates, approvals and report."""
-    request = (ChangeRequest.objects.filter(model_id=model_id, alias=alias, to_version=version,
-                                            status=ChangeRequest.Status.DEPLOYED)
-               .select_related("analysis").order_by("-deployed_at").first())
+    request = governance_selectors.deployed_change_request(model_id=model_id, alias=alias, version=version)
     if request is None:
         return {"version": version.number, "change_request": None, "gates": [], "approvals": [], "report": None}
     approvals = [

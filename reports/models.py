@@ -26,7 +26,7 @@ class Report(models.Model):
                                        related_name="reports")
     # The change request's round the draft was rendered for (its gates and quorum); 0 for rollbacks.
     round = models.PositiveSmallIntegerField(default=0)
-    alias_change = models.ForeignKey("registry.AliasChange", null=True, blank=True, on_delete=models.PROTECT,
+    alias_change = models.ForeignKey("governance.AliasChange", null=True, blank=True, on_delete=models.PROTECT,
                                      related_name="reports")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     # The current PDF: drafts are plain objects, replaced by a new key at each signature; the final one is locked.

@@ -1,14 +1,13 @@
 """Where the organisation's signing material lives, and each signer's identity: the Django side of signing.py.
 
 Settings name the PKI directory (root.pem, root-key.pem, organisation.p12) and the one passphrase that protects
-every private key; people's certificates are issued by the root the first time they sign and kept encrypted in
-the database (SigningIdentity).
+every private key. People's certificates are issued by the root the first time they sign
+(reports.services.signing_identity) and kept encrypted in the database (SigningIdentity).
 """
 from django.conf import settings
-from django.db import IntegrityError, transaction
 
+from foundation.errors import Unprocessable
 from reports import signing
-from reports.models import SigningIdentity
 
 
 def passphrase() -> bytes:
@@ -40,18 +39,10 @@ def organisation_pkcs12() -> bytes:
     return (settings.REPORT_PKI_DIR / signing.ORGANISATION_PKCS12).read_bytes()
 
 
-def person_pkcs12(user) -> bytes:
-    """The user's PKCS#12 (key encrypted with the PKI passphrase), issued by the root on first use."""
-    identity = SigningIdentity.objects.filter(user=user).first()
-    if identity is not None:
-        return bytes(identity.pkcs12)
-    ensure_pki()
-    common_name = user.get_full_name() or user.username
-    issued = signing.issue_person_certificate(settings.REPORT_PKI_DIR, common_name=common_name, email=user.email,
-                                              passphrase=passphrase())
+def initialise(*, organisation: str) -> dict:
+    """Create the organisation's root CA and report-signing certificate (development); an existing PKI is kept."""
     try:
-        with transaction.atomic():
-            SigningIdentity.objects.create(user=user, common_name=common_name, pkcs12=issued)
-    except IntegrityError:  # issued concurrently by another task: keep the one that was stored first
-        return bytes(SigningIdentity.objects.get(user=user).pkcs12)
-    return issued
+        return signing.create_organisation_pki(settings.REPORT_PKI_DIR, organisation=organisation,
+                                               passphrase=passphrase())
+    except signing.ReportSigningError as error:
+        raise Unprocessable(str(error)) from None

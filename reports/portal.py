@@ -5,17 +5,15 @@ from functools import wraps
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from governance.anchoring import latest_anchor
-from governance.audit import verify_chain
-from governance.models import AuditEvent
-from registry.errors import DomainError, StorageUnavailable
+from foundation.anchoring import verify_anchored_chain
+from foundation.errors import DomainError, StorageUnavailable
+from foundation.models import AuditEvent
+from foundation.roles import REGULATOR, has_role
 from registry.models import RegisteredModel
-from registry.roles import REGULATOR, has_role
-from reports import api, pki, selectors, services
+from reports import api, selectors, services
 from reports.models import ReportSubscription
 
 AUDIT_PAGE_SIZE = 200
@@ -67,7 +65,7 @@ def report_list(request):
         "by_model": sorted(by_model.items()), "model_name": model_name, "page": page,
         "models": RegisteredModel.objects.order_by("name").values_list("name", flat=True),
         "subscribed_all": None in subscriptions, "subscribed_models": subscriptions - {None},
-        "root": pki.root_summary(),
+        "root": selectors.root_certificate()["summary"],
     })
 
 
@@ -87,9 +85,7 @@ def report_pdf(request, report_id):
 
 @regulator_required
 def root_certificate(request):
-    response = HttpResponse(pki.root_pem(), content_type="application/x-pem-file")
-    response["Content-Disposition"] = 'attachment; filename="root.pem"'
-    return response
+    return api.root_certificate_response()
 
 
 @regulator_required
@@ -98,8 +94,7 @@ def audit_trail(request):
     events = AuditEvent.objects.all()
     if model_name:
         events = events.filter(model_name=model_name)
-    anchor = latest_anchor()
-    chain = verify_chain(expected_head=(anchor["sequence"], anchor["hash"]) if anchor else None)
+    chain, anchor = verify_anchored_chain()
     return render(request, "reports/portal/audit.html", {
         "events": events[:AUDIT_PAGE_SIZE], "model_name": model_name, "chain": chain, "anchor": anchor,
         "page_size": AUDIT_PAGE_SIZE,

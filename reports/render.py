@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from django.template.loader import render_to_string
 
-from reports import charts
 from reports.templatetags.report_format import num
+from workers import charts
 
 # WeasyPrint narrates every rendering step at INFO level; keep its warnings (e.g. a refused URL) only.
 logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)

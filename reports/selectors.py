@@ -4,8 +4,8 @@ import hashlib
 from django.core.cache import cache
 from django.db.models import QuerySet
 
-from registry import storage
-from registry.errors import NotFound
+from foundation import storage
+from foundation.errors import NotFound
 from reports import pki, signing
 from reports.models import Report
 
@@ -51,7 +51,7 @@ def verify_report(report: Report) -> dict:
     if cached is not None:
         return cached
     pdf = report_pdf(report)
-    verdict = signing.verify_pdf(pdf, trusted_root_pem=pki.root_pem())
+    verdict = signing.verify_pdf(pdf, trusted_root_pem=root_certificate()["pem"])
     digest = hashlib.sha256(pdf).hexdigest()
     document = {
         "report": report.pk,
@@ -60,7 +60,7 @@ def verify_report(report: Report) -> dict:
         "sha256_recorded": report.sha256,
         "sha256_matches": digest == report.sha256,
         **verdict,
-        "root_sha256_fingerprint": pki.root_summary()["sha256_fingerprint"],
+        "root_sha256_fingerprint": root_certificate()["summary"]["sha256_fingerprint"],
     }
     # One verdict a regulator can read at a glance: every signature intact, valid and trusted, the bytes those
     # recorded at issue, and for a final report no field left unsigned.
@@ -69,6 +69,11 @@ def verify_report(report: Report) -> dict:
                                 and (not report.is_final or not verdict["pending_fields"]))
     cache.set(key, document, VERIFICATION_CACHE_SECONDS)
     return document
+
+
+def root_certificate() -> dict:
+    """The organisation's root certificate (PEM) and its summary: what verifiers pin."""
+    return {"pem": pki.root_pem(), "summary": pki.root_summary()}
 
 
 def report_title(report: Report) -> str:

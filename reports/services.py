@@ -18,17 +18,18 @@ import textwrap
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage, get_connection
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from governance.models import ChangeRequest, Decision
-from registry import storage
-from registry.errors import PermissionDenied
-from registry.models import AliasChange
-from registry.roles import REGULATOR, has_role
+from foundation import storage
+from foundation.audit import append_event
+from foundation.errors import PermissionDenied
+from foundation.roles import REGULATOR, has_role
+from governance import selectors as governance_selectors
+from governance.models import AliasChange, ChangeRequest, Decision
 from reports import facts, pki, signing
-from reports.models import Report, ReportDelivery, ReportSubscription
+from reports.models import Report, ReportDelivery, ReportSubscription, SigningIdentity
 from reports.templatetags.report_format import utc
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,26 @@ _STAMP_COMMENT_LINES = 5
 _REPORTABLE = (ChangeRequest.Status.PENDING, ChangeRequest.Status.APPROVED, ChangeRequest.Status.DEPLOYED)
 
 
+def signing_identity(*, user) -> bytes:
+    """The user's PKCS#12 (key encrypted with the PKI passphrase), issued by the organisation root on first use."""
+    identity = SigningIdentity.objects.filter(user=user).first()
+    if identity is not None:
+        return bytes(identity.pkcs12)
+    pki.ensure_pki()
+    common_name = user.get_full_name() or user.username
+    issued = signing.issue_person_certificate(settings.REPORT_PKI_DIR, common_name=common_name, email=user.email,
+                                              passphrase=pki.passphrase())
+    try:
+        with transaction.atomic():
+            identity = SigningIdentity.objects.create(user=user, common_name=common_name, pkcs12=issued)
+            append_event(actor=user, action="signing_identity.issued", object_type="signing_identity",
+                         object_id=identity.pk, after={"user": user.username, "common_name": common_name,
+                                                       **signing.pkcs12_certificate_summary(issued, pki.passphrase())})
+    except IntegrityError:  # issued concurrently by another task: keep the one that was stored first
+        return bytes(SigningIdentity.objects.get(user=user).pkcs12)
+    return issued
+
+
 # --- change-impact reports -------------------------------------------------------------------------------------
 
 
@@ -52,9 +73,7 @@ def update_change_impact_report(*, change_request_id: int) -> Report | None:
     and the final issue once the request is deployed. Returns the report (None when there is nothing to do)."""
     with transaction.atomic():
         _advisory_lock(_CHANGE_IMPACT_LOCK, change_request_id)
-        request = (ChangeRequest.objects.select_related("model", "from_version", "to_version", "requested_by",
-                                                        "analysis__dataset")
-                   .filter(pk=change_request_id).first())
+        request = governance_selectors.find_change_request(change_request_id)
         if request is None:
             logger.info("change request %s is gone; no report", change_request_id)
             return None
@@ -131,7 +150,7 @@ def _sign_approvals(report: Report, request: ChangeRequest) -> None:
         approver = facts.person(decision.decided_by)
         signed_at = timezone.now()
         pdf = signing.sign_pdf_field(
-            pdf, field_name=field, pkcs12=pki.person_pkcs12(decision.decided_by), passphrase=pki.passphrase(),
+            pdf, field_name=field, pkcs12=signing_identity(user=decision.decided_by), passphrase=pki.passphrase(),
             signer_name=approver["name"], reason=f"{decision.decision}: {decision.comment}",
             appearance=_approval_stamp(approver, decision, signed_at),
         )
@@ -217,7 +236,7 @@ def produce_rollback_report(*, alias_change_id: int) -> Report | None:
         )
         signed_at = timezone.now()
         pdf = signing.sign_pdf_field(
-            pdf, field_name=OPS_FIELD, pkcs12=pki.person_pkcs12(change.actor), passphrase=pki.passphrase(),
+            pdf, field_name=OPS_FIELD, pkcs12=signing_identity(user=change.actor), passphrase=pki.passphrase(),
             signer_name=operator["name"], reason=f"rollback: {change.reason}",
             appearance=_rollback_stamp(operator, change, signed_at),
         )
@@ -238,6 +257,24 @@ def produce_rollback_report(*, alias_change_id: int) -> Report | None:
 
 
 # --- delivery --------------------------------------------------------------------------------------------------
+
+
+def produce_missing_reports() -> dict:
+    """Catch up on reports whose task never ran (the broker was down when governance announced a change, a task
+    failed for good): drafts of pending requests, final reports of deployed ones, rollback reports and e-mail
+    deliveries. Safe to run any time: every step is idempotent. Returns how many of each were done."""
+    finals = Report.objects.filter(kind=Report.Kind.CHANGE_IMPACT, status=Report.Status.FINAL)
+    requests = (ChangeRequest.objects.filter(status__in=[ChangeRequest.Status.PENDING, ChangeRequest.Status.DEPLOYED])
+                .exclude(pk__in=finals.values("change_request_id")).values_list("pk", flat=True))
+    updated = sum(1 for request_id in requests
+                  if update_change_impact_report(change_request_id=request_id) is not None)
+    rollbacks = (AliasChange.objects.filter(kind=AliasChange.Kind.ROLLBACK)
+                 .exclude(pk__in=Report.objects.filter(kind=Report.Kind.ROLLBACK).values("alias_change_id"))
+                 .values_list("pk", flat=True))
+    produced = sum(1 for change_id in rollbacks if produce_rollback_report(alias_change_id=change_id) is not None)
+    delivered = sum(deliver_report(report_id=report_id) for report_id in
+                    Report.objects.filter(status=Report.Status.FINAL).values_list("pk", flat=True))
+    return {"change_impact_updated": updated, "rollback_produced": produced, "emails_sent": delivered}
 
 
 def deliver_report(*, report_id: int) -> int:

@@ -191,6 +191,12 @@ def certificate_summary(certificate_pem: bytes) -> dict:
     }
 
 
+def pkcs12_certificate_summary(pkcs12_bytes: bytes, passphrase: bytes) -> dict:
+    """certificate_summary of the certificate inside a PKCS#12 bundle."""
+    _key, certificate, _cas = pkcs12_format.load_key_and_certificates(pkcs12_bytes, passphrase)
+    return certificate_summary(certificate.public_bytes(serialization.Encoding.PEM))
+
+
 def _issue(root_cert, root_key, *, subject, public_key, validity, email=None) -> x509.Certificate:
     now = _now()
     builder = (

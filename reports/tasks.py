@@ -3,7 +3,7 @@ import smtplib
 
 from celery import shared_task
 
-from registry.errors import StorageUnavailable
+from foundation.errors import StorageUnavailable
 from reports import services
 
 # Rendering and signing are deterministic: only an unreachable object store is worth trying again.

@@ -13,7 +13,7 @@ from django.contrib.auth.models import Group, User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from registry.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
+from foundation.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
 
 
 def make_user(username: str, *roles: str, superuser: bool = False) -> User:

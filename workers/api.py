@@ -1,15 +1,16 @@
-"""Job endpoints: start work on a version, follow it, cancel it."""
+"""Job endpoints: start work on a version, follow it, cancel it; analyses and their charts."""
+from django.http import HttpResponseRedirect
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from foundation.permissions import EngineerWrites
 from registry import selectors
-from registry.api.permissions import EngineerWrites
-from registry.errors import NotFound
 from workers import services
-from workers.selectors import get_analysis, get_job
 from workers.models import Job
+from workers.pipelines.quantize import COMPUTE_DTYPES, METHODS
+from workers.selectors import analysis_plot_url, get_analysis, get_job, jobs
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -27,8 +28,8 @@ class JobSerializer(serializers.ModelSerializer):
 
 
 class QuantizeRequestSerializer(serializers.Serializer):
-    method = serializers.ChoiceField(choices=["nf4", "fp4", "int8"])
-    compute_dtype = serializers.ChoiceField(choices=["float16", "bfloat16", "float32"], default="float32")
+    method = serializers.ChoiceField(choices=METHODS)
+    compute_dtype = serializers.ChoiceField(choices=COMPUTE_DTYPES, default="float32")
     double_quant = serializers.BooleanField(default=False)
     skip_modules = serializers.ListField(child=serializers.CharField(max_length=200), default=lambda: ["lm_head"],
                                         max_length=1000)
@@ -51,8 +52,7 @@ class JobListView(APIView):
 
     @extend_schema(responses=JobSerializer(many=True))
     def get(self, request):
-        jobs = Job.objects.select_related("source_version__model", "created_by")[:200]
-        return Response(JobSerializer(jobs, many=True).data)
+        return Response(JobSerializer(jobs()[:200], many=True).data)
 
 
 class JobDetailView(APIView):
@@ -125,16 +125,7 @@ class AnalysisPlotView(APIView):
 
     @extend_schema(responses={302: None})
     def get(self, request, analysis_id, plot):
-        from django.http import HttpResponseRedirect
-
-        from registry import storage
-
-        analysis = get_analysis(analysis_id)
-        item = next((p for p in analysis.plots if p["name"] == plot), None)
-        if item is None:
-            raise NotFound(f"Analysis {analysis_id} has no plot {plot!r}.")
-        return HttpResponseRedirect(storage.presigned_download_url(item["object_key"], filename=f"{plot}.png",
-                                                                   version_id=item.get("version_id", "")))
+        return HttpResponseRedirect(analysis_plot_url(get_analysis(analysis_id), plot))
 
 
 class LoraRequestSerializer(serializers.Serializer):

@@ -6,10 +6,11 @@ callback (which raises JobCancelled when the user cancelled), and returns the jo
 import json
 from pathlib import Path
 
+from foundation import storage
 from registry import services as registry_services
-from registry import storage
-from registry.models import Alias, Dataset, LineageEdge, ModelVersion
-from registry.selectors import newest_evaluation_dataset
+from registry.models import Dataset, LineageEdge, ModelVersion
+from workers import charts, services, signals
+from workers.models import Job
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
 
 
@@ -65,8 +66,6 @@ def _evaluation_inputs(records: list[dict]) -> tuple[list[str], list[dict] | Non
 
 
 def _store_analysis_charts(analysis, result: dict) -> list[dict]:
-    from reports import charts
-
     figures = {
         "kl_distribution": charts.kl_histogram(result["histograms"]["kl"]),
         "delta_p_distribution": charts.delta_p_histogram(result["histograms"]["delta_p"]),
@@ -94,10 +93,7 @@ def execute_analysis(*, job, workdir: Path, report) -> dict:
                               report=lambda percent, message: report(5 + int(percent * 0.85), message))
     report(92, "Drawing and storing the charts")
     plots = _store_analysis_charts(analysis, result)
-    registry_services.record_analysis_result(analysis_id=analysis.pk, result=result, plots=plots)
-    from governance.services import analysis_completed
-
-    analysis_completed(analysis_id=analysis.pk)
+    services.record_analysis_result(analysis_id=analysis.pk, result=result, plots=plots)
     return {"analysis": analysis.pk}
 
 
@@ -124,22 +120,13 @@ def execute_lora(*, job, workdir: Path, report) -> dict:
         datasets=[(dataset, LineageEdge.Relation.TRAINED_ON)],
         description=f"LoRA update of v{base.number} on {dataset.name}", actor=job.created_by,
     )
-    _queue_analysis_against_production(version, job.created_by)
+    # Listeners (governance compares a new adapter with production) run now, in the job: their failure fails it.
+    signals.version_registered.send(sender=Job, version_id=version.pk, job_id=job.pk)
     return {"model": version.model.name, "version": version.number}
 
 
-def _queue_analysis_against_production(version: ModelVersion, actor) -> None:
-    """A new adapter on a model in production is compared with production straight away."""
-    from workers.services import start_analysis
-
-    production = Alias.objects.filter(model=version.model, name="production", version__isnull=False).first()
-    dataset = newest_evaluation_dataset()
-    if production and dataset and not version.analyses_as_candidate.filter(reference=production.version).exists():
-        start_analysis(candidate=version, reference=production.version, dataset=dataset, actor=actor)
-
-
 EXECUTORS = {
-    "quantize": execute_quantize,
-    "analysis": execute_analysis,
-    "lora": execute_lora,
+    Job.Kind.QUANTIZE: execute_quantize,
+    Job.Kind.ANALYSIS: execute_analysis,
+    Job.Kind.LORA: execute_lora,
 }

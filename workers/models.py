@@ -1,4 +1,5 @@
-"""A Job row per long-running request: what the API and the admin show while Celery does the work."""
+"""A Job row per long-running request (what the API and the admin show while Celery does the work), and the
+analyses those jobs compute."""
 from django.conf import settings
 from django.db import models
 
@@ -50,3 +51,27 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+
+class Analysis(models.Model):
+    """How far a candidate version's behaviour moved from a reference version's on a dataset."""
+
+    reference = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="analyses_as_reference")
+    candidate = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="analyses_as_candidate")
+    dataset = models.ForeignKey("registry.Dataset", on_delete=models.PROTECT, related_name="analyses")
+    params = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    # [{name, object_key}] of the chart PNGs stored beside the result.
+    plots = models.JSONField(default=list)
+    # The job that computes it: its status, progress and error are the analysis's.
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="analysis")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "registry_analysis"  # the table it had when registry owned it: moving it changed no data
+        ordering = ["-created_at"]
+        verbose_name_plural = "analyses"
+
+    def __str__(self) -> str:
+        return f"analysis {self.pk}: {self.candidate} vs v{self.reference.number}"

@@ -9,7 +9,7 @@ import uuid
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from registry.errors import DomainError, StorageUnavailable
+from foundation.errors import DomainError, StorageUnavailable
 from workers import executors, services
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 

@@ -1,7 +1,13 @@
 """Reads of jobs and analyses that the API and the admin share."""
-from registry.errors import NotFound
-from registry.models import Analysis
-from workers.models import Job
+from django.db.models import QuerySet
+
+from foundation import storage
+from foundation.errors import NotFound
+from workers.models import Analysis, Job
+
+
+def jobs() -> QuerySet[Job]:
+    return Job.objects.select_related("source_version__model", "created_by")
 
 
 def get_job(job_id) -> Job:
@@ -16,3 +22,12 @@ def get_analysis(analysis_id) -> Analysis:
         return Analysis.objects.select_related("job", "reference__model", "candidate__model").get(pk=analysis_id)
     except Analysis.DoesNotExist:
         raise NotFound(f"No analysis with id {analysis_id}.") from None
+
+
+def analysis_plot_url(analysis: Analysis, plot: str) -> str:
+    """A short-lived URL that downloads one of an analysis's chart PNGs from object storage."""
+    item = next((p for p in analysis.plots if p["name"] == plot), None)
+    if item is None:
+        raise NotFound(f"Analysis {analysis.pk} has no plot {plot!r}.")
+    return storage.presigned_download_url(item["object_key"], filename=f"{plot}.png",
+                                          version_id=item.get("version_id", ""))

@@ -1,15 +1,21 @@
-"""Job lifecycle: create (and enqueue after commit), claim, progress, cancel, finish. The only code that writes
-Job rows. Claiming and finishing are conditional UPDATEs, so a job redelivered after a worker died is picked up
-exactly where its state says, and a finished job is never run again."""
+"""Job lifecycle (create and enqueue after commit, claim, progress, cancel, finish) and the use cases that start
+jobs and record what they made. The only code that writes Job and Analysis rows. Claiming and finishing are
+conditional UPDATEs, so a job redelivered after a worker died is picked up exactly where its state says, and a
+finished job is never run again."""
 import socket
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from governance.audit import append_event
-from registry.errors import Conflict
-from workers.models import Job
+from foundation.audit import append_event
+from foundation.errors import Conflict, InvalidInput, Unprocessable
+from registry.models import Dataset, ModelVersion
+from registry.selectors import module_names_of
+from workers import signals
+from workers.models import Analysis, Job
+from workers.pipelines.errors import PipelineInputError
+from workers.queues import enqueue_job
 
 
 def _model_name(job: Job) -> str:
@@ -19,8 +25,6 @@ def _model_name(job: Job) -> str:
 @transaction.atomic
 def create_job(*, kind: str, params: dict, source_version, actor) -> Job:
     """Record a job and enqueue it once the surrounding transaction commits."""
-    from workers.tasks import enqueue_job
-
     job = Job.objects.create(kind=kind, params=params, source_version=source_version, created_by=actor,
                              message="Waiting for a worker")
     append_event(actor=actor, action="job.created", object_type="job", object_id=job.pk,
@@ -83,11 +87,10 @@ def fail_job(*, job_id: int, error: str, cancelled: bool = False) -> None:
 
 
 def _release_waiting_requests(job: Job) -> None:
-    """Change requests waiting on an analysis that will never finish are blocked with the reason."""
+    """Announce, inside the job's transaction, that its analysis will never finish (change requests wait on it)."""
     if job.kind == Job.Kind.ANALYSIS:
-        from governance.services import analysis_failed
-
-        analysis_failed(analysis_id=job.analysis.pk, error=job.error or "the analysis was cancelled")
+        signals.analysis_failed.send(sender=Analysis, analysis_id=job.analysis.pk,
+                                     error=job.error or "the analysis was cancelled")
 
 
 @transaction.atomic
@@ -112,20 +115,11 @@ def cancel_job(*, job: Job, actor) -> Job:
     return job
 
 
-def _module_names_of(version) -> set[str]:
-    """Module paths of a sealed version, from the tensor names recorded at seal time ('a.b.weight' -> 'a.b')."""
-    names = set()
-    for tensors in version.files.exclude(tensors=None).values_list("tensors", flat=True):
-        for tensor_name in tensors:
-            names.add(tensor_name.rsplit(".", 1)[0])
-    return names
-
-
 def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
                        skip_modules: list[str], actor) -> Job:
     """Check a quantization request against the source version and queue it."""
-    from registry.errors import InvalidInput, Unprocessable
-    from registry.models import ModelVersion
+    # Pipelines import torch: loaded on the first request that needs them, not when the web process starts.
+    from workers.pipelines.quantize import QuantizeSpec, is_skipped, validate_quantize_spec
 
     if not version.is_sealed:
         raise Conflict(f"{version} is a draft; seal it before quantizing.")
@@ -134,16 +128,13 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
     if version.quantization:
         raise Unprocessable(f"{version} is already quantized ({version.quantization.get('method')}); "
                             "quantize the full-precision version it came from.")
-    from workers.pipelines.errors import PipelineInputError
-    from workers.pipelines.quantize import QuantizeSpec, is_skipped, validate_quantize_spec
-
     try:
         validate_quantize_spec(QuantizeSpec(method=method, compute_dtype=compute_dtype, double_quant=double_quant,
                                             skip_modules=skip_modules))
     except PipelineInputError as error:
         raise InvalidInput(str(error)) from None
     # The same matcher the pipeline uses (transformers' own), against the module paths recorded at seal time.
-    module_names = _module_names_of(version)
+    module_names = module_names_of(version)
     unknown = [entry for entry in skip_modules if not any(is_skipped(name, [entry]) for name in module_names)]
     if unknown:
         raise InvalidInput(f"skip_modules names no module of {version}: {', '.join(unknown)}. "
@@ -162,10 +153,7 @@ def default_reference(version):
 
 def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096, top_k: int = 5, actor):
     """Check an analysis request and queue it; returns the Analysis (its job is analysis.job)."""
-    from registry.errors import InvalidInput
-    from registry.services import create_analysis
     from workers.pipelines.analysis import AnalysisSpec, validate_analysis_spec
-    from workers.pipelines.errors import PipelineInputError
 
     reference = reference or default_reference(candidate)
     if reference is None:
@@ -174,7 +162,7 @@ def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096
     for version in (candidate, reference):
         if not version.is_sealed:
             raise Conflict(f"{version} is a draft; seal it before analysing it.")
-    if dataset.purpose != "evaluation":
+    if dataset.purpose != Dataset.Purpose.EVALUATION:
         raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; analyses need an "
                            "evaluation dataset.", field="dataset")
     try:
@@ -184,21 +172,39 @@ def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096
     params = {"max_tokens": max_tokens, "top_k": top_k}
     with transaction.atomic():
         job = create_job(kind=Job.Kind.ANALYSIS, params=params, source_version=candidate, actor=actor)
-        return create_analysis(reference=reference, candidate=candidate, dataset=dataset, params=params, job=job,
-                               actor=actor)
+        analysis = Analysis.objects.create(reference=reference, candidate=candidate, dataset=dataset,
+                                           params=params, job=job, created_by=actor)
+        append_event(actor=actor, action="analysis.requested", object_type="analysis", object_id=analysis.pk,
+                     model_name=candidate.model.name,
+                     after={"reference": reference.number, "candidate": candidate.number, "dataset": dataset.pk,
+                            "params": params})
+        return analysis
+
+
+@transaction.atomic
+def record_analysis_result(*, analysis_id: int, result: dict, plots: list[dict]) -> None:
+    """Store an analysis's statistics and chart locations (written once, by its job) and announce it."""
+    analysis = Analysis.objects.select_for_update().select_related("candidate__model").get(pk=analysis_id)
+    if analysis.result is not None:
+        return
+    analysis.result, analysis.plots = result, plots
+    analysis.save(update_fields=["result", "plots"])
+    append_event(actor=None, action="analysis.completed", object_type="analysis", object_id=analysis.pk,
+                 model_name=analysis.candidate.model.name,
+                 after={key: result.get(key) for key in ("tokens", "ppl_ratio", "top1_agreement")}
+                 | {"kl_mean": result["kl"]["mean"]})
+    signals.analysis_completed.send(sender=Analysis, analysis_id=analysis.pk)
 
 
 def start_lora_update(*, base, dataset, lora_settings: dict, actor) -> Job:
     """Check a LoRA update request against its base version and dataset and queue it."""
-    from registry.errors import InvalidInput, Unprocessable
-    from workers.pipelines.errors import PipelineInputError
     from workers.pipelines.lora import LoraSpec, validate_lora_spec
 
     if not base.is_sealed:
         raise Conflict(f"{base} is a draft; seal it before training on it.")
-    if base.kind == "lora":
+    if base.kind == ModelVersion.Kind.LORA:
         raise Unprocessable(f"{base} is itself a LoRA adapter; train on the version it was adapted from.")
-    if dataset.purpose != "training":
+    if dataset.purpose != Dataset.Purpose.TRAINING:
         raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; LoRA updates need a "
                            "training dataset.", field="dataset")
     try:

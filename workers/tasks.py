@@ -2,19 +2,13 @@
 from celery import shared_task
 from django.conf import settings
 
-from registry.errors import StorageUnavailable
+from foundation.errors import StorageUnavailable
 from workers import runner
-
-# Kinds that do heavy tensor work and go to the GPU queue when one is configured.
-GPU_KINDS = {"quantize", "analysis", "lora"}
-
-
-def enqueue_job(job) -> None:
-    queue = settings.GPU_QUEUE if settings.GPU_QUEUE and job.kind in GPU_KINDS else "cpu"
-    run_job.apply_async(args=[job.pk], queue=queue)
+from workers.queues import RUN_JOB_TASK
 
 
 @shared_task(
+    name=RUN_JOB_TASK,
     acks_late=True,
     reject_on_worker_lost=True,
     autoretry_for=(StorageUnavailable,),

@@ -38,7 +38,7 @@ def unique():
 
 @pytest.fixture
 def e2e_users(committed_db, unique):
-    from registry.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
+    from foundation.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
 
     return {
         "engineer": make_user(f"alice-{unique}", ML_ENGINEER),

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.models import Alias, ModelVersion
+from governance.models import Alias
+from registry.models import ModelVersion
 from tests.conftest import client_for, register_sealed_version
 from tests.e2e.conftest import ROOT, admin_login
 
@@ -104,7 +105,7 @@ def test_approvers_approve_and_ops_roll_back_in_the_admin(web_server, e2e_users,
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     admin_login(page, web_server, e2e_users["ops"].username)
-    page.goto(f"{web_server}/admin/registry/alias/{alias.pk}/change/")
+    page.goto(f"{web_server}/admin/governance/alias/{alias.pk}/change/")
     assert "returns to v1" in page.inner_text("#rollback")
     page.fill("#rollback textarea[name=reason]", "p99 latency doubled")
     page.once("dialog", lambda dialog: dialog.accept())
@@ -127,6 +128,6 @@ def test_regulator_sees_versions_and_audit_trail_read_only(web_server, e2e_users
     assert page.locator("#upload-file").count() == 0 and page.locator("#quantize").count() == 0
     page.goto(f"{web_server}/admin/registry/registeredmodel/add/")
     assert "403" in page.title() or page.locator("text=403").count() > 0 or "login" in page.url
-    page.goto(f"{web_server}/admin/governance/auditevent/?model_name=ro-{unique}")
+    page.goto(f"{web_server}/admin/foundation/auditevent/?model_name=ro-{unique}")
     assert "version.sealed" in page.inner_text("#result_list")
     _shot(page, "regulator-audit-trail")

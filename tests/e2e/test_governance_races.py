@@ -4,11 +4,10 @@ import threading
 
 from django.db import connection
 
-from governance.audit import append_event, verify_chain
-from governance.models import ChangeRequest
+from foundation.audit import append_event, verify_chain
+from foundation.roles import APPROVER
+from governance.models import AliasChange, ChangeRequest
 from governance.services import decide
-from registry.models import AliasChange
-from registry.roles import APPROVER
 from tests.conftest import client_for, make_user, register_sealed_version
 
 

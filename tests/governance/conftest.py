@@ -2,9 +2,9 @@
 import pytest
 
 from registry import services as registry_services
-from registry.models import Analysis, Dataset
+from registry.models import Dataset
 from tests.conftest import jsonl
-from workers.models import Job
+from workers.models import Analysis, Job
 
 
 def register_version(model, directory, actor):

@@ -2,9 +2,9 @@
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from governance.anchoring import anchor_chain_head, latest_anchor
-from governance.audit import append_event, verify_chain
-from governance.models import AuditEvent
+from foundation.anchoring import anchor_chain_head, latest_anchor
+from foundation.audit import append_event, verify_chain
+from foundation.models import AuditEvent
 from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db

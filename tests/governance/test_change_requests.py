@@ -4,11 +4,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from governance.models import AuditEvent, ChangeRequest, Decision
-from registry.models import Alias, AliasChange, Analysis
-from registry.roles import APPROVER, ML_ENGINEER
+from foundation.models import AuditEvent
+from foundation.roles import APPROVER, ML_ENGINEER
+from governance.models import Alias, AliasChange, ChangeRequest, Decision
 from tests.conftest import client_for, make_user
 from tests.governance.conftest import make_analysis
+from workers.models import Analysis
 
 pytestmark = pytest.mark.django_db
 

@@ -2,8 +2,8 @@
 anywhere else; rolling back twice goes two steps back."""
 import pytest
 
-from governance.models import AuditEvent
-from registry.models import AliasChange
+from foundation.models import AuditEvent
+from governance.models import AliasChange
 from tests.conftest import client_for
 from tests.governance.conftest import make_analysis
 

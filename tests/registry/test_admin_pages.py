@@ -16,7 +16,7 @@ def test_duplicate_model_name_in_the_admin_shows_the_reason_and_adds_nothing(cli
     assert RegisteredModel.objects.get().description == "a"
 
 
-@pytest.mark.parametrize("path", ["/admin/registry/modelversion/", "/admin/governance/auditevent/",
+@pytest.mark.parametrize("path", ["/admin/registry/modelversion/", "/admin/foundation/auditevent/",
                                   "/admin/governance/changerequest/", "/admin/workers/job/"])
 def test_regulator_reads_the_admin_lists(client, regulator, path):
     client.force_login(regulator)

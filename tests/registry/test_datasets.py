@@ -4,7 +4,7 @@ import hashlib
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from registry import storage
+from foundation import storage
 from registry.models import Dataset
 from tests.conftest import client_for, jsonl
 

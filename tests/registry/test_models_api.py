@@ -7,7 +7,7 @@ import pytest
 import requests
 from transformers import AutoModelForCausalLM
 
-from governance.models import AuditEvent
+from foundation.models import AuditEvent
 from registry.models import ModelVersion, RegisteredModel, VersionFile
 from tests.conftest import client_for, register_sealed_version
 
@@ -197,8 +197,8 @@ def test_missing_model_and_version_are_404_with_a_message(engineer_api):
 def test_upload_cut_short_of_its_content_length_is_refused_and_leaves_nothing(engineer):
     import io
 
+    from foundation.errors import InvalidInput
     from registry import services
-    from registry.errors import InvalidInput
 
     model = services.create_model(name="credit-llm", description="", actor=engineer)
     version = services.create_version(model=model, description="", actor=engineer)

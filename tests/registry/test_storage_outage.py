@@ -4,8 +4,8 @@ import signal
 
 import pytest
 
+from foundation.errors import StorageUnavailable
 from registry import services
-from registry.errors import StorageUnavailable
 from registry.models import VersionFile
 from scripts.s3server import start_server
 

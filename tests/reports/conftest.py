@@ -6,11 +6,11 @@ import pytest
 from django.core.cache import cache
 from django.db import transaction
 
+from foundation import storage
+from foundation.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
 from governance import services as governance
 from registry import services as registry_services
-from registry import storage
 from registry.models import ModelVersion
-from registry.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
 from reports import services, signing
 from tests.conftest import make_user
 from tests.reports import factories

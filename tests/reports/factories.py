@@ -13,9 +13,9 @@ from safetensors.numpy import save as save_safetensors
 
 from governance import services as governance
 from registry import services as registry_services
-from registry.models import Analysis, LineageEdge, ModelVersion
+from registry.models import LineageEdge, ModelVersion
 from tests.conftest import jsonl
-from workers.models import Job
+from workers.models import Analysis, Job
 
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")

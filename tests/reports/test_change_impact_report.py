@@ -11,7 +11,7 @@ from minio.error import S3Error
 from pypdf import PdfReader, PdfWriter
 from pypdf.generic import DecodedStreamObject
 
-from registry import storage
+from foundation import storage
 from reports import facts, pki, services, signing
 from reports.models import Report, SigningIdentity
 from reports.templatetags.report_format import num
@@ -319,8 +319,8 @@ def test_a_draft_is_superseded_when_its_request_is_gated_again(history):
 
 def factories_analysis_for_round_two(history):
     """Give the re-gating analysis (queued by the rollback, never run here) its result."""
-    from registry.services import record_analysis_result
     from tests.reports.factories import synthetic_analysis_result
+    from workers.services import record_analysis_result
 
     request = history["requests"]["lora"]
     request.refresh_from_db()

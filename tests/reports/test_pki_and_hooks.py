@@ -1,9 +1,10 @@
-"""`manage.py init_pki`, the PKI settings, and the hooks governance calls on commit (they only enqueue)."""
+"""`manage.py init_pki`, the PKI settings, and the receivers of governance's announcements (they only enqueue)."""
 import pytest
 from django.core.management import call_command
 from django.test import override_settings
 from kombu.exceptions import OperationalError
 
+from governance import signals as governance_signals
 from reports import hooks, pki, signing, tasks
 from reports.templatetags.report_format import num
 
@@ -34,19 +35,20 @@ def test_development_pki_is_created_on_first_use(tmp_path):
         assert pki.root_pem().startswith(b"-----BEGIN CERTIFICATE-----")
 
 
-@pytest.mark.parametrize(("hook", "args", "task"), [
-    (hooks.draft_report_requested, (7,), "update_change_impact_report"),
-    (hooks.approval_recorded, (7, 3), "update_change_impact_report"),
-    (hooks.deployment_recorded, (7, 3), "update_change_impact_report"),
-    (hooks.rollback_recorded, (11, 5), "produce_rollback_report"),
+@pytest.mark.parametrize(("announcement", "facts", "task"), [
+    (governance_signals.change_request_gated, {"change_request_id": 7}, "update_change_impact_report"),
+    (governance_signals.approval_recorded, {"change_request_id": 7, "approver_id": 3}, "update_change_impact_report"),
+    (governance_signals.change_request_deployed, {"change_request_id": 7, "approver_id": 3},
+     "update_change_impact_report"),
+    (governance_signals.alias_rolled_back, {"alias_change_id": 11, "actor_id": 5}, "produce_rollback_report"),
 ])
-def test_hooks_only_enqueue_on_the_cpu_queue(monkeypatch, hook, args, task):
+def test_hooks_only_enqueue_on_the_cpu_queue(monkeypatch, announcement, facts, task):
     calls = []
     monkeypatch.setattr(getattr(tasks, task), "apply_async", lambda **kwargs: calls.append(kwargs))
 
-    hook(*args)
+    announcement.send(sender=None, **facts)
 
-    assert calls == [{"args": [args[0]], "queue": "cpu"}]
+    assert calls == [{"args": [next(iter(facts.values()))], "queue": "cpu"}]
 
 
 def test_a_broker_outage_does_not_fail_the_request_that_fired_the_hook(monkeypatch, caplog):
@@ -55,13 +57,13 @@ def test_a_broker_outage_does_not_fail_the_request_that_fired_the_hook(monkeypat
 
     monkeypatch.setattr(tasks.update_change_impact_report, "apply_async", refuse)
 
-    hooks.approval_recorded(7, 3)
+    hooks.on_approval_recorded(None, change_request_id=7, approver_id=3)
 
     assert "produce_missing_reports" in caplog.text
 
 
 def test_report_tasks_retry_only_when_storage_is_unavailable():
-    from registry.errors import StorageUnavailable
+    from foundation.errors import StorageUnavailable
 
     for task in (tasks.update_change_impact_report, tasks.produce_rollback_report):
         assert task.autoretry_for == (StorageUnavailable,)

@@ -135,7 +135,7 @@ def test_drafts_are_never_emailed(history, db):
 
 
 def test_only_regulators_can_subscribe(history, db):
-    from registry.errors import PermissionDenied
+    from foundation.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied):
         services.subscribe(user=history["users"]["bob"])

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from registry import storage
+from foundation import storage
 from reports import pki, selectors
 from reports.models import Report
 from tests.conftest import client_for, make_user

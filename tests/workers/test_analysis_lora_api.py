@@ -2,9 +2,8 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from registry.models import Analysis
 from tests.conftest import jsonl, register_sealed_version
-from workers.models import Job
+from workers.models import Analysis, Job
 
 pytestmark = pytest.mark.django_db
 

@@ -1,0 +1,8 @@
+"""The admin UI, one module per area; Django's admin autodiscovery imports this module."""
+from django.contrib import admin
+
+from console import audit_pages, governance_pages, job_pages, registry_pages, report_pages  # noqa: F401
+
+admin.site.site_header = "LLM model registry"
+admin.site.site_title = "LLM model registry"
+admin.site.index_title = "Models, versions, jobs and governance"

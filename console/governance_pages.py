@@ -1,0 +1,131 @@
+"""Governance in the admin: approvers decide change requests (gates, charts, lineage beside the buttons), ops roll
+aliases back in one click. Every action calls governance.services."""
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+
+from foundation.admin_access import RoleAccessMixin
+from foundation.errors import DomainError
+from foundation.roles import APPROVER, OPS, has_role
+from governance import selectors as governance_selectors
+from governance import services
+from governance.models import Alias, ChangeRequest
+from registry import selectors
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+
+class RollbackForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), help_text="Required: why production goes back.")
+    to_version = forms.IntegerField(required=False, min_value=1,
+                                    help_text="Optional: a version deployed here before; default the previous one.")
+
+
+@admin.register(ChangeRequest)
+class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
+    change_form_template = "admin/governance/changerequest/change_form.html"
+    list_display = ["id", "model", "alias", "from_number", "to_number", "status", "approvals", "requested_by",
+                    "created_at"]
+    list_filter = ["status", "alias", "model"]
+    readonly_fields = ["model", "alias", "from_version", "to_version", "status", "status_reason", "justification",
+                       "requested_by", "required_approvals", "override", "round", "expires_at", "created_at",
+                       "deployed_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False  # opened from the API (POST /api/v1/change-requests/)
+
+    @admin.display(description="From")
+    def from_number(self, obj):
+        return f"v{obj.from_version.number}" if obj.from_version else "-"
+
+    @admin.display(description="To")
+    def to_number(self, obj):
+        return f"v{obj.to_version.number}"
+
+    @admin.display(description="Approvals")
+    def approvals(self, obj):
+        count = obj.decisions.filter(round=obj.round, decision="approve").count()
+        return f"{count}/{obj.required_approvals}"
+
+    def get_urls(self):
+        return [path("<int:request_id>/decide/", self.admin_site.admin_view(self.decide_view),
+                     name="governance_changerequest_decide")] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        change_request = get_object_or_404(governance_selectors.change_requests(), pk=object_id)
+        analysis = change_request.analysis
+        context = {
+            "change_request": change_request,
+            "decisions": change_request.decisions.select_related("decided_by"),
+            "analysis": analysis,
+            "analysis_result": analysis.result if analysis else None,
+            "plots": [f"/api/v1/analyses/{analysis.pk}/plots/{p['name']}" for p in analysis.plots] if analysis else [],
+            "lineage": selectors.lineage(change_request.to_version),
+            "can_decide": change_request.status == "pending" and has_role(request.user, APPROVER),
+            "decision_form": DecisionForm(),
+        }
+        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
+
+    def decide_view(self, request, request_id):
+        change_request = get_object_or_404(governance_selectors.change_requests(), pk=request_id)
+        if request.method == "POST":
+            form = DecisionForm(request.POST)
+            decision = "approve" if "_approve" in request.POST else "reject"
+            if form.is_valid():
+                try:
+                    decided = services.decide(change_request=change_request, actor=request.user, decision=decision,
+                                              comment=form.cleaned_data["comment"])
+                    messages.success(request, f"Recorded your {decision}; the request is now {decided.status}.")
+                except DomainError as error:
+                    messages.error(request, error.message)
+        return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[request_id]))
+
+
+@admin.register(Alias)
+class AliasAdmin(RoleAccessMixin, admin.ModelAdmin):
+    change_form_template = "admin/governance/alias/change_form.html"
+    list_display = ["__str__", "version", "since"]
+    list_filter = ["model"]
+    readonly_fields = ["model", "name", "version", "since"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False  # aliases move only through approved change requests
+
+    def get_urls(self):
+        return [path("<int:alias_id>/rollback/", self.admin_site.admin_view(self.rollback_view),
+                     name="governance_alias_rollback")] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        alias = get_object_or_404(governance_selectors.aliases(), pk=object_id)
+        context = {
+            "alias": alias,
+            "history": alias.changes.select_related("from_version", "to_version", "actor"),
+            "can_roll_back": has_role(request.user, OPS) and len(alias.deploy_stack) >= 1,
+            "previous_version": alias.deploy_stack[-2] if len(alias.deploy_stack) >= 2 else None,
+            "rollback_form": RollbackForm(),
+        }
+        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
+
+    def rollback_view(self, request, alias_id):
+        alias = get_object_or_404(governance_selectors.aliases(), pk=alias_id)
+        if request.method == "POST":
+            form = RollbackForm(request.POST)
+            if form.is_valid():
+                try:
+                    change = services.roll_back(model=alias.model, alias=alias.name,
+                                                reason=form.cleaned_data["reason"],
+                                                to_version_number=form.cleaned_data["to_version"],
+                                                actor=request.user)
+                    messages.success(request, f"{alias} rolled back from v{change.from_version.number} to "
+                                              f"v{change.to_version.number}.")
+                except DomainError as error:
+                    messages.error(request, error.message)
+            else:
+                messages.error(request, "A rollback needs a reason.")
+        return HttpResponseRedirect(reverse("admin:governance_alias_change", args=[alias_id]))

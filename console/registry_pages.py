@@ -1,0 +1,211 @@
+"""The ML engineers' admin UI: models, versions (upload, seal, quantize, lineage), datasets.
+
+Every action calls the same services as the REST API; access follows the four roles, so regulators (and
+approvers and ops) see everything read-only.
+"""
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from foundation.admin_access import RoleAccessMixin
+from foundation.errors import DomainError
+from foundation.roles import ML_ENGINEER, has_role
+from registry import selectors, services
+from registry.models import Dataset, ModelVersion, RegisteredModel
+from workers import selectors as job_selectors
+from workers import services as job_services
+from workers.pipelines.quantize import COMPUTE_DTYPES, METHODS
+
+
+class ModelCreateForm(forms.ModelForm):
+    class Meta:
+        model = RegisteredModel
+        fields = ["name", "description"]
+
+    def validate_unique(self):
+        # Uniqueness is the service's call (409 in the API); the form shows its message.
+        pass
+
+
+@admin.register(RegisteredModel)
+class RegisteredModelAdmin(RoleAccessMixin, admin.ModelAdmin):
+    form = ModelCreateForm
+    list_display = ["name", "description", "last_version_number", "created_by", "created_at"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["name", "description", "last_version_number", "created_by", "created_at", "version_links"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    @admin.display(description="Versions")
+    def version_links(self, obj):
+        links = [
+            format_html('<a href="{}">v{} ({}, {})</a>',
+                        reverse("admin:registry_modelversion_change", args=[v.pk]), v.number, v.kind, v.status)
+            for v in obj.versions.order_by("number")
+        ]
+        return format_html("<br>".join(["{}"] * len(links)), *links) if links else "none yet"
+
+    def save_model(self, request, obj, form, change):
+        created = services.create_model(name=form.cleaned_data["name"],
+                                        description=form.cleaned_data.get("description", ""), actor=request.user)
+        obj.pk = created.pk
+
+
+class VersionCreateForm(forms.ModelForm):
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "description"]
+
+
+class FileUploadForm(forms.Form):
+    file = forms.FileField(help_text="config.json, tokenizer files and *.safetensors weights; never pickles.")
+    path = forms.CharField(required=False, max_length=512,
+                           help_text="Path inside the version; defaults to the file's name.")
+
+
+METHOD_LABELS = {"nf4": "NF4 (4-bit)", "fp4": "FP4 (4-bit)", "int8": "INT8"}
+
+
+class QuantizeForm(forms.Form):
+    method = forms.ChoiceField(choices=[(method, METHOD_LABELS.get(method, method)) for method in METHODS])
+    compute_dtype = forms.ChoiceField(choices=[(dtype, dtype) for dtype in COMPUTE_DTYPES], initial="float32")
+    double_quant = forms.BooleanField(required=False, help_text="4-bit only: also quantize the scales.")
+    skip_modules = forms.CharField(initial="lm_head", required=False,
+                                   help_text="Comma-separated modules kept in full precision.")
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
+    form = VersionCreateForm
+    change_form_template = "admin/registry/modelversion/change_form.html"
+    list_display = ["__str__", "kind", "status", "manifest_short", "created_by", "created_at"]
+    list_filter = ["status", "kind", "model"]
+    search_fields = ["model__name", "description"]
+    readonly_fields = ["model", "number", "kind", "status", "description", "manifest_sha256", "quantization",
+                       "lora", "created_by", "created_at", "sealed_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    @admin.display(description="Manifest")
+    def manifest_short(self, obj):
+        return obj.manifest_sha256[:16] if obj.manifest_sha256 else "-"
+
+    def save_model(self, request, obj, form, change):
+        created = services.create_version(model=form.cleaned_data["model"],
+                                          description=form.cleaned_data.get("description", ""), actor=request.user)
+        obj.pk = created.pk
+
+    def get_urls(self):
+        custom = [
+            path("<int:version_id>/upload/", self.admin_site.admin_view(self.upload_view),
+                 name="registry_modelversion_upload"),
+            path("<int:version_id>/seal/", self.admin_site.admin_view(self.seal_view),
+                 name="registry_modelversion_seal"),
+            path("<int:version_id>/quantize/", self.admin_site.admin_view(self.quantize_view),
+                 name="registry_modelversion_quantize"),
+        ]
+        return custom + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=object_id)
+        context = {
+            "version": version,
+            "files": version.files.all(),
+            "lineage": selectors.lineage(version),
+            "jobs": job_selectors.jobs().filter(source_version=version)[:20],
+            "can_write": has_role(request.user, ML_ENGINEER),
+            "upload_form": FileUploadForm(),
+            "quantize_form": QuantizeForm(),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    def _back(self, version_id):
+        return HttpResponseRedirect(reverse("admin:registry_modelversion_change", args=[version_id]))
+
+    def _require_engineer(self, request):
+        if request.method != "POST" or not has_role(request.user, ML_ENGINEER):
+            messages.error(request, "This needs the ml_engineer role.")
+            return False
+        return True
+
+    def upload_view(self, request, version_id):
+        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+        if not self._require_engineer(request):
+            return self._back(version_id)
+        form = FileUploadForm(request.POST, request.FILES)
+        if not form.is_valid():
+            messages.error(request, "Choose a file to upload.")
+            return self._back(version_id)
+        uploaded = form.cleaned_data["file"]
+        file_path = form.cleaned_data["path"] or uploaded.name
+        try:
+            # Django has spooled a large upload to a temporary file, not memory; it streams on from there.
+            version_file = services.upload_version_file(version=version, path=file_path, stream=uploaded,
+                                                        content_length=uploaded.size, expected_sha256=None,
+                                                        actor=request.user)
+            messages.success(request, f"Uploaded {version_file.path}: {version_file.size} bytes, "
+                                      f"SHA-256 {version_file.sha256}.")
+        except DomainError as error:
+            messages.error(request, error.message)
+        return self._back(version_id)
+
+    def seal_view(self, request, version_id):
+        version = get_object_or_404(ModelVersion, pk=version_id)
+        if self._require_engineer(request):
+            try:
+                sealed = services.seal_version(version=version, actor=request.user)
+                messages.success(request, f"Sealed {sealed}; manifest {sealed.manifest_sha256}.")
+            except DomainError as error:
+                messages.error(request, error.message)
+        return self._back(version_id)
+
+    def quantize_view(self, request, version_id):
+        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+        if self._require_engineer(request):
+            form = QuantizeForm(request.POST)
+            if form.is_valid():
+                skip = [m.strip() for m in form.cleaned_data["skip_modules"].split(",") if m.strip()]
+                try:
+                    job = job_services.start_quantization(
+                        version=version, method=form.cleaned_data["method"],
+                        compute_dtype=form.cleaned_data["compute_dtype"],
+                        double_quant=form.cleaned_data["double_quant"], skip_modules=skip, actor=request.user)
+                    messages.success(request, f"Quantization job {job.pk} queued.")
+                    return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))
+                except DomainError as error:
+                    messages.error(request, error.message)
+            else:
+                messages.error(request, "Check the quantization settings.")
+        return self._back(version_id)
+
+
+class DatasetCreateForm(forms.ModelForm):
+    file = forms.FileField(help_text="JSONL, one JSON object per line.")
+
+    class Meta:
+        model = Dataset
+        fields = ["name", "purpose"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(RoleAccessMixin, admin.ModelAdmin):
+    form = DatasetCreateForm
+    list_display = ["id", "name", "purpose", "record_format", "records", "size", "sha256", "created_by",
+                    "created_at"]
+    list_filter = ["purpose"]
+    readonly_fields = ["name", "purpose", "record_format", "records", "size", "sha256", "created_by", "created_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj else []
+
+    def save_model(self, request, obj, form, change):
+        created = services.register_dataset(name=form.cleaned_data["name"], purpose=form.cleaned_data["purpose"],
+                                            uploaded_file=form.cleaned_data["file"], actor=request.user)
+        obj.pk = created.pk
+

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class FoundationConfig(AppConfig):
+    name = "foundation"
+    verbose_name = "Audit trail"

@@ -1,0 +1,130 @@
+"""Append to and verify the hash-chained audit trail.
+
+Each event's hash covers a canonical JSON serialization of the event (time as integer UTC epoch microseconds,
+never a time-zone-dependent string) and the previous event's hash, so editing, inserting or deleting any event
+breaks the chain from that point on. Appends take a transaction-scoped advisory lock so that concurrent writers
+never fork the chain.
+"""
+import datetime
+import hashlib
+import json
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from foundation.models import AuditEvent
+
+GENESIS_HASH = "0" * 64
+# Arbitrary constant naming the lock that serializes appends (pg_advisory_xact_lock takes a bigint).
+_APPEND_LOCK_ID = 0x61756469745F6C6B
+
+
+def _epoch_microseconds(moment) -> int:
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def canonical_event_bytes(*, sequence, occurred_at_us: int, actor_name, action, model_name, object_type, object_id,
+                          before, after, prev_hash) -> bytes:
+    document = {
+        "sequence": sequence,
+        "occurred_at_us": occurred_at_us,
+        "actor": actor_name,
+        "action": action,
+        "model": model_name,
+        "object_type": object_type,
+        "object_id": str(object_id),
+        "before": before,
+        "after": after,
+        "prev_hash": prev_hash,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _event_hash(event: AuditEvent, occurred_at_us: int) -> str:
+    return hashlib.sha256(
+        canonical_event_bytes(
+            sequence=event.sequence, occurred_at_us=occurred_at_us, actor_name=event.actor_name,
+            action=event.action, model_name=event.model_name, object_type=event.object_type,
+            object_id=event.object_id, before=event.before, after=event.after, prev_hash=event.prev_hash,
+        )
+    ).hexdigest()
+
+
+def _json_roundtrip(value):
+    # What we hash must be what the database gives back: normalise through JSON once before storing.
+    return None if value is None else json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def append_event(*, actor, action: str, object_type: str, object_id, model_name: str = "",
+                 before=None, after=None) -> AuditEvent:
+    """Append one event to the chain; must run inside the transaction that makes the change it records."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("append_event must run inside the transaction of the change it records")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_APPEND_LOCK_ID])
+    last = AuditEvent.objects.order_by("-sequence").only("sequence", "hash").first()
+    event = AuditEvent(
+        sequence=(last.sequence + 1) if last else 1,
+        occurred_at=timezone.now(),
+        actor=actor if getattr(actor, "pk", None) else None,
+        actor_name=getattr(actor, "username", "") or "system",
+        action=action,
+        model_name=model_name,
+        object_type=object_type,
+        object_id=str(object_id),
+        before=_json_roundtrip(before),
+        after=_json_roundtrip(after),
+        prev_hash=last.hash if last else GENESIS_HASH,
+    )
+    event.hash = _event_hash(event, _epoch_microseconds(event.occurred_at))
+    event.save(force_insert=True)
+    return event
+
+
+@dataclass(frozen=True)
+class ChainVerification:
+    ok: bool
+    events: int
+    first_bad: int | None
+    reason: str
+    head_hash: str
+
+
+def verify_chain(*, expected_head: tuple[int, str] | None = None) -> ChainVerification:
+    """Walk the whole chain in order and name the first event whose hash or link does not hold.
+
+    `expected_head` (sequence, hash) comes from an anchor kept outside the database: when given, a chain
+    that no longer contains that event unchanged (its tail was deleted or rewritten) fails verification.
+    """
+    previous_hash = GENESIS_HASH
+    expected_sequence = 1
+    count = 0
+    anchor_seen = expected_head is None
+    with transaction.atomic():
+        # The instant is read as epoch microseconds computed by PostgreSQL itself: a driver converting
+        # timestamptz text can mislabel local times when the session time zone is not UTC.
+        events = AuditEvent.objects.order_by("sequence").annotate(
+            occurred_at_us=RawSQL("(EXTRACT(EPOCH FROM occurred_at) * 1000000)::bigint", []))
+        for event in events.iterator(chunk_size=2000):
+            if event.sequence != expected_sequence:
+                return ChainVerification(False, count, expected_sequence, "event missing from the sequence", previous_hash)
+            if event.prev_hash != previous_hash:
+                return ChainVerification(False, count, event.sequence, "link to the previous event is broken", previous_hash)
+            if _event_hash(event, event.occurred_at_us) != event.hash:
+                return ChainVerification(False, count, event.sequence, "event content does not match its hash", previous_hash)
+            if expected_head and event.sequence == expected_head[0]:
+                if event.hash != expected_head[1]:
+                    return ChainVerification(False, count, event.sequence, "event differs from the anchored head", previous_hash)
+                anchor_seen = True
+            previous_hash = event.hash
+            expected_sequence += 1
+            count += 1
+    if not anchor_seen:
+        return ChainVerification(
+            False, count, expected_head[0], "the anchored head event is missing: the tail of the chain was deleted",
+            previous_hash,
+        )
+    return ChainVerification(True, count, None, "", previous_hash)

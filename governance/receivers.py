@@ -1,0 +1,22 @@
+"""Governance listens to the worker side's announcements (connected in GovernanceConfig.ready)."""
+from governance import services
+from registry.models import ModelVersion
+from workers import signals
+
+
+def on_analysis_completed(sender, *, analysis_id: int, **_):
+    services.analysis_completed(analysis_id=analysis_id)
+
+
+def on_analysis_failed(sender, *, analysis_id: int, error: str, **_):
+    services.analysis_failed(analysis_id=analysis_id, error=error)
+
+
+def on_version_registered(sender, *, version_id: int, **_):
+    services.compare_adapter_with_production(version=ModelVersion.objects.select_related("model").get(pk=version_id))
+
+
+def connect() -> None:
+    signals.analysis_completed.connect(on_analysis_completed, dispatch_uid="governance.analysis_completed")
+    signals.analysis_failed.connect(on_analysis_failed, dispatch_uid="governance.analysis_failed")
+    signals.version_registered.connect(on_version_registered, dispatch_uid="governance.version_registered")

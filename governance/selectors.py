@@ -1,0 +1,45 @@
+"""Reads of change requests and aliases that the API, the admin and the reports share."""
+from django.db.models import QuerySet
+
+from foundation.errors import NotFound
+from governance.models import Alias, ChangeRequest
+
+_CHANGE_REQUEST_RELATIONS = ("model", "from_version", "to_version", "requested_by", "analysis__dataset")
+
+
+def change_requests(*, model_name: str | None = None, alias: str | None = None,
+                    status: str | None = None) -> QuerySet[ChangeRequest]:
+    queryset = ChangeRequest.objects.select_related(*_CHANGE_REQUEST_RELATIONS)
+    if model_name:
+        queryset = queryset.filter(model__name=model_name)
+    if alias:
+        queryset = queryset.filter(alias=alias)
+    if status:
+        queryset = queryset.filter(status=status)
+    return queryset
+
+
+def get_change_request(request_id) -> ChangeRequest:
+    try:
+        return change_requests().get(pk=int(request_id))
+    except (ChangeRequest.DoesNotExist, TypeError, ValueError):
+        raise NotFound(f"No change request with id {request_id}.") from None
+
+
+def find_change_request(request_id) -> ChangeRequest | None:
+    """The request, or None when it is gone (a task that outlived it exits cleanly)."""
+    return change_requests().filter(pk=request_id).first()
+
+
+def deployed_change_request(*, model_id: int, alias: str, version) -> ChangeRequest | None:
+    """The approved change request that most recently deployed `version` to the alias."""
+    return (change_requests().filter(model_id=model_id, alias=alias, to_version=version,
+                                     status=ChangeRequest.Status.DEPLOYED).order_by("-deployed_at").first())
+
+
+def aliases() -> QuerySet[Alias]:
+    return Alias.objects.select_related("model", "version")
+
+
+def aliases_of(model) -> QuerySet[Alias]:
+    return aliases().filter(model=model)

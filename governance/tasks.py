@@ -1,9 +1,0 @@
-from celery import shared_task
-
-from governance.anchoring import anchor_chain_head
-from registry.errors import StorageUnavailable
-
-
-@shared_task(autoretry_for=(StorageUnavailable,), retry_backoff=5, max_retries=5, ignore_result=True)
-def anchor_audit_head() -> None:
-    anchor_chain_head()

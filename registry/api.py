@@ -1,0 +1,216 @@
+"""Registry endpoints: parse, authorize, call one service or selector, serialize. No writes here."""
+from django.http import HttpResponseRedirect
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from foundation.errors import InvalidInput
+from foundation.permissions import EngineerWrites
+from registry import selectors, services
+from registry.models import Dataset, ModelVersion, RegisteredModel, VersionFile
+from registry.validation import validate_file_path
+
+
+class ModelCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username")
+    versions = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = ["name", "description", "created_by", "created_at", "versions"]
+
+    def get_versions(self, model) -> int:
+        return model.last_version_number
+
+
+class VersionCreateSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+
+
+class VersionFileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = VersionFile
+        fields = ["path", "size", "sha256"]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    created_by = serializers.CharField(source="created_by.username")
+    files = VersionFileSerializer(many=True)
+    parents = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "number", "description", "status", "kind", "manifest_sha256", "files", "parents",
+                  "quantization", "lora", "created_by", "created_at", "sealed_at"]
+
+    def get_parents(self, version) -> list[dict]:
+        parents = []
+        for edge in version.parent_edges.all():
+            if edge.parent_version_id:
+                parents.append({"model": edge.parent_version.model.name, "number": edge.parent_version.number,
+                                "relation": edge.relation})
+            else:
+                parents.append({"dataset": edge.parent_dataset_id, "name": edge.parent_dataset.name,
+                                "relation": edge.relation})
+        return parents
+
+
+class VersionListSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    created_by = serializers.CharField(source="created_by.username")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["model", "number", "description", "status", "kind", "manifest_sha256", "created_by",
+                  "created_at", "sealed_at"]
+
+
+class DatasetCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    purpose = serializers.ChoiceField(choices=Dataset.Purpose.choices)
+    file = serializers.FileField()
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username")
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "purpose", "sha256", "records", "size", "record_format", "created_by", "created_at"]
+
+
+
+class ModelListView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=ModelSerializer(many=True))
+    def get(self, request):
+        return Response(ModelSerializer(selectors.models(), many=True).data)
+
+    @extend_schema(request=ModelCreateSerializer, responses={201: ModelSerializer})
+    def post(self, request):
+        payload = ModelCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        model = services.create_model(actor=request.user, **payload.validated_data)
+        return Response(ModelSerializer(model).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=ModelSerializer)
+    def get(self, request, name):
+        return Response(ModelSerializer(selectors.get_model(name)).data)
+
+
+class VersionListView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=VersionListSerializer(many=True))
+    def get(self, request, name):
+        return Response(VersionListSerializer(selectors.versions_of(selectors.get_model(name)), many=True).data)
+
+    @extend_schema(request=VersionCreateSerializer, responses={201: VersionSerializer})
+    def post(self, request, name):
+        payload = VersionCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        version = services.create_version(model=selectors.get_model(name), actor=request.user,
+                                          **payload.validated_data)
+        return Response(VersionSerializer(selectors.version_detail(name, version.number)).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class VersionDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=VersionSerializer)
+    def get(self, request, name, number):
+        return Response(VersionSerializer(selectors.version_detail(name, number)).data)
+
+
+def _content_length(request) -> int | None:
+    raw = request.META.get("CONTENT_LENGTH")
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number.") from None
+    if value < 0:
+        raise InvalidInput("Content-Length is negative.")
+    return value
+
+
+class VersionFileView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request={"application/octet-stream": bytes}, responses={201: VersionFileSerializer})
+    def put(self, request, name, number, path):
+        validate_file_path(path)
+        version = selectors.get_version(name, number)
+        content_length = _content_length(request)
+        # Without Content-Length (chunked transfer) the server's de-chunked input is read directly; Django's own
+        # stream would read nothing. Either way the body is never buffered whole.
+        stream = request._request if content_length is not None else request.META["wsgi.input"]
+        version_file = services.upload_version_file(
+            version=version, path=path, stream=stream, content_length=content_length,
+            expected_sha256=request.headers.get("X-Content-SHA256"), actor=request.user,
+        )
+        return Response(VersionFileSerializer(version_file).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={302: None})
+    def get(self, request, name, number, path):
+        validate_file_path(path)
+        version = selectors.get_version(name, number)
+        return HttpResponseRedirect(selectors.file_download_url(version, path))
+
+
+class SealView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request=None, responses=VersionSerializer)
+    def post(self, request, name, number):
+        version = services.seal_version(version=selectors.get_version(name, number), actor=request.user)
+        return Response(VersionSerializer(selectors.version_detail(name, version.number)).data)
+
+
+class LineageView(APIView):
+    permission_classes = [EngineerWrites]
+
+    def get(self, request, name, number):
+        return Response(selectors.lineage(selectors.get_version(name, number)))
+
+
+class DatasetListView(APIView):
+    permission_classes = [EngineerWrites]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(responses=DatasetSerializer(many=True))
+    def get(self, request):
+        return Response(DatasetSerializer(selectors.datasets(), many=True).data)
+
+    @extend_schema(request={"multipart/form-data": DatasetCreateSerializer}, responses={201: DatasetSerializer})
+    def post(self, request):
+        payload = DatasetCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        dataset = services.register_dataset(
+            name=payload.validated_data["name"], purpose=payload.validated_data["purpose"],
+            uploaded_file=payload.validated_data["file"], actor=request.user,
+        )
+        return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=DatasetSerializer)
+    def get(self, request, dataset_id):
+        return Response(DatasetSerializer(selectors.get_dataset(dataset_id)).data)

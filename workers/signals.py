@@ -1,0 +1,13 @@
+"""What the worker side announces. Workers know none of their listeners: governance connects in its AppConfig.
+
+`analysis_completed` and `analysis_failed` are sent inside the transaction that records the outcome, so what a
+listener changes (a change request's gates) commits together with the analysis or not at all.
+"""
+from django.dispatch import Signal
+
+# analysis_id: the analysis's statistics are stored.
+analysis_completed = Signal()
+# analysis_id, error: the analysis will never finish (its job failed or was cancelled).
+analysis_failed = Signal()
+# version_id, job_id: a job registered a derived version (quantized or LoRA), after that registration committed.
+version_registered = Signal()
