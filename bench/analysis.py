@@ -10,7 +10,7 @@ quantization (workers.pipelines.quantize.quantize_version) as candidate, over SA
   / scored tokens/s of the limit, one bare forward pass of each model over the same chunks (the pipeline's own
   chunking, same batch size). 1.0 would mean the statistics cost nothing beyond the two forward passes.
 - layer_phase_over_forward: seconds of the per-layer phase (weight errors + hooked passes + ablations, timed
-  directly around the pipeline's _weight_errors and _layer_errors) / one bare forward pass of both models over
+  directly around the pipeline's weight_errors and layer_errors) / one bare forward pass of both models over
   the same `--layer-tokens` tokens. The difference of a run with and without the phase is reported too.
 - peak_mb_small / peak_mb_large: peak RSS growth of a fresh subprocess during analyse_models (default spec, so
   the per-layer phase included) at two token budgets, over its RSS after loading both models and one warm-up
@@ -77,11 +77,11 @@ def warm_up(reference_model, candidate_model) -> None:
 
 def pipeline_chunks(reference_model, tokenizer, texts, spec):
     """The chunks analyse_models scores, cut by the pipeline's own code so the bare passes see the same tokens."""
-    from workers.pipelines import analysis
+    from workers.pipelines.analysis import chunks, run
 
-    context_length = analysis._context_length(spec, reference_model)
-    return analysis._EvaluationChunks(tokenizer, texts, context_length=context_length, max_tokens=spec.max_tokens,
-                                      vocab_size=analysis._check_same_vocabulary(reference_model, reference_model))
+    context_length = run._context_length(spec, reference_model)
+    return chunks.EvaluationChunks(tokenizer, texts, context_length=context_length, max_tokens=spec.max_tokens,
+                                   vocab_size=run._check_same_vocabulary(reference_model, reference_model))
 
 
 def bare_forward(reference_model, candidate_model, batches) -> float:
@@ -97,14 +97,14 @@ def bare_forward(reference_model, candidate_model, batches) -> float:
 
 
 class LayerPhaseTimer:
-    """Times the pipeline's per-layer phase by wrapping the two module functions analyse_models calls for it."""
+    """Times the pipeline's per-layer phase by wrapping the two functions analyse_models calls for it."""
 
     def __init__(self):
-        from workers.pipelines import analysis
+        from workers.pipelines.analysis import run
 
-        self.module = analysis
-        self.by_function = {"_weight_errors": 0.0, "_layer_errors": 0.0}
-        self._originals = {name: getattr(analysis, name) for name in ("_weight_errors", "_layer_errors")}
+        self.module = run  # where analyse_models looks the two functions up
+        self.by_function = {"weight_errors": 0.0, "layer_errors": 0.0}
+        self._originals = {name: getattr(run, name) for name in ("weight_errors", "layer_errors")}
 
     def __enter__(self):
         for name, original in self._originals.items():
@@ -233,10 +233,10 @@ def main() -> None:
         layer_spec = AnalysisSpec(max_tokens=args.max_tokens, layer_tokens=args.layer_tokens)
         chunks = list(pipeline_chunks(reference_model, tokenizer, texts, statistics_spec))
         stats_batches = [chunk.unsqueeze(0) for chunk in chunks]  # batch_size 1, the spec's default
-        from workers.pipelines.analysis import _layer_sequences
+        from workers.pipelines.analysis.chunks import layer_sequences
 
-        layer_batches = _layer_sequences(pipeline_chunks(reference_model, tokenizer, texts, layer_spec),
-                                         args.layer_tokens)
+        layer_batches = layer_sequences(pipeline_chunks(reference_model, tokenizer, texts, layer_spec),
+                                        args.layer_tokens)
 
         log("warm-up: one analysis with the layer phase and the bare passes, not timed")
         run_analysis(reference_model, candidate_model, tokenizer, texts, layer_spec)
@@ -262,8 +262,8 @@ def main() -> None:
                 "bare_s": outcome["bare"],
                 "with_layers_s": with_layers_seconds,
                 "layer_phase_s": layer_phase_seconds,
-                "weight_errors_s": layer_parts["_weight_errors"],
-                "layer_errors_s": layer_parts["_layer_errors"],
+                "weight_errors_s": layer_parts["weight_errors"],
+                "layer_errors_s": layer_parts["layer_errors"],
                 "bare_layer_tokens_s": outcome["bare_layer_tokens"],
                 "tokens": scored,
                 "layers": len(layers_result["layers"]),

@@ -88,13 +88,8 @@ def bare_batches(base_dir: Path, spec) -> list[dict]:
     import torch
 
     from workers.pipelines.loading import load_tokenizer
-    from workers.pipelines.lora import (
-        IGNORE_INDEX,
-        _batch_order,
-        encode_records,
-        split_records,
-        usable,
-    )
+    from workers.pipelines.lora import IGNORE_INDEX, encode_records, split_records, usable
+    from workers.pipelines.lora.training import _batch_order
 
     tokenizer = load_tokenizer(base_dir)
     train_records, _ = split_records(training_records(), spec.eval_fraction)

@@ -1,7 +1,12 @@
-"""Load a model version directory (plain, bitsandbytes-quantized, or base + LoRA adapter) for the pipelines."""
+"""Load a model version directory (plain, bitsandbytes-quantized, or base + LoRA adapter) for the pipelines.
+
+Also where a pipeline learns what it loads onto and with: the device it picks, that device in words and the
+library versions, both recorded in a new version's metadata.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -23,11 +28,25 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+# The libraries whose code decides the weights every pipeline writes, recorded for the audit trail.
+RECORDED_LIBRARIES = ("torch", "transformers", "bitsandbytes")
 
 
 def pick_device() -> str:
     """The device pipelines run on: the GPU when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_description(device: str) -> str:
+    """The device in words for the metadata, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu'."""
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of RECORDED_LIBRARIES and of `extra` (e.g. "peft", whose code defines an adapter), by name."""
+    return {name: importlib.import_module(name).__version__ for name in (*RECORDED_LIBRARIES, *extra)}
 
 
 def read_model_config(model_dir: Path) -> dict:

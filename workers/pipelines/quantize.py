@@ -3,71 +3,36 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from workers.pipelines.errors import PipelineInputError
+from workers.pipelines.specs import (  # noqa: F401  (the quantize API: specs live where the web can import them)
+    COMPUTE_DTYPES,
+    METHODS,
+    QuantizeSpec,
+    is_skipped,
+    validate_quantize_spec,
+)
 from workers.pipelines.loading import (
     TOKENIZER_FILES,
     build_skeleton,
     check_tensor_shapes,
     check_weight_files_readable,
+    device_description,
     from_pretrained_checked,
+    library_versions,
     linear_module_names,
     pick_device,
     read_model_config,
     weight_files,
 )
-
-METHODS = ("nf4", "fp4", "int8")
-COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
-
-
-@dataclass
-class QuantizeSpec:
-    """What the user asked for: the bitsandbytes method and its settings."""
-
-    method: str
-    compute_dtype: str = "float32"
-    double_quant: bool = False
-    skip_modules: list[str] = field(default_factory=lambda: ["lm_head"])
-
-
-def validate_quantize_spec(spec: QuantizeSpec) -> None:
-    """Raise PipelineInputError when the spec names an unknown method or dtype or contradicts itself."""
-    if spec.method not in METHODS:
-        raise PipelineInputError(f"Unknown quantization method {spec.method!r}; choose one of {', '.join(METHODS)}.")
-    if spec.compute_dtype not in COMPUTE_DTYPES:
-        raise PipelineInputError(
-            f"Unknown compute dtype {spec.compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}."
-        )
-    if not isinstance(spec.double_quant, bool):
-        raise PipelineInputError(f"double_quant must be true or false, not {spec.double_quant!r}.")
-    if spec.double_quant and spec.method == "int8":
-        raise PipelineInputError(
-            "double_quant applies only to the 4-bit methods (nf4, fp4); turn it off for int8."
-        )
-    if not isinstance(spec.skip_modules, list) or not all(
-        isinstance(name, str) and name.strip() for name in spec.skip_modules
-    ):
-        raise PipelineInputError(
-            f"skip_modules must be a list of module names such as ['lm_head'], not {spec.skip_modules!r}."
-        )
-    for pattern in spec.skip_modules:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise PipelineInputError(
-                f"skip_modules entry {pattern!r} is not a valid module name or pattern ({error})."
-            ) from error
-
 
 def bitsandbytes_config(spec: QuantizeSpec):
     """The transformers BitsAndBytesConfig that carries out spec."""
@@ -82,14 +47,6 @@ def bitsandbytes_config(spec: QuantizeSpec):
         bnb_4bit_compute_dtype=getattr(torch, spec.compute_dtype),
         llm_int8_skip_modules=list(spec.skip_modules),
     )
-
-
-def is_skipped(module_name: str, skip_modules: list[str]) -> bool:
-    """Whether transformers leaves module_name unquantized for these skip_modules (its own matching rules)."""
-    # Reuse transformers' matcher (prefix, regex or suffix) so the check agrees exactly with what it skips.
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    return not should_convert_module(module_name, skip_modules)
 
 
 def plan_quantization(skeleton, spec: QuantizeSpec) -> tuple[list[str], list[str]]:
@@ -117,18 +74,6 @@ def plan_quantization(skeleton, spec: QuantizeSpec) -> tuple[list[str], list[str
 def directory_weight_bytes(model_dir: Path) -> int:
     """Total size of the safetensors weight files in a version directory."""
     return sum(path.stat().st_size for path in weight_files(model_dir) if path.suffix == ".safetensors")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose code decides the quantized weights, for the audit trail."""
-    import bitsandbytes
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
-    }
 
 
 def quantize_version(
@@ -222,10 +167,3 @@ def quantized_module_names(model) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))
     ]
-
-
-def device_description(device: str) -> str:
-    """The device in words for the metadata, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu'."""
-    if device.startswith("cuda"):
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return device

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from workers.pipelines import analysis
 from workers.pipelines.analysis import (
     PERCENTILE_RELATIVE_ACCURACY,
     PERCENTILE_ZERO_BELOW,
@@ -22,8 +21,12 @@ from workers.pipelines.analysis import (
     AnalysisSpec,
     analyse_models,
     analyse_versions,
+    chunks,
+    layers,
+    statistics,
     validate_analysis_spec,
 )
+from workers.pipelines.analysis.run import _output_vocab_size
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 from workers.pipelines.loading import load_causal_lm
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
@@ -227,23 +230,23 @@ def test_nf4_drifts_more_than_int8_and_layers_show_why(reference_dir, tmp_path):
 def test_ablations_replaying_the_earlier_layers_equal_whole_passes(reference, monkeypatch):
     model, tokenizer = reference
     candidate = perturbed_copy(model, scale=0.01)
-    units = analysis._linear_units(model)
-    stack, positions = analysis._decoder_stack(model, units)
+    units = layers._linear_units(model)
+    stack, positions = layers._decoder_stack(model, units)
     assert stack is model.model.layers and positions["lm_head"] == len(stack)
     assert positions["model.layers.1.mlp.down_proj"] == 1
     # Every module ablated, over two sequences of different lengths.
-    sequences = analysis._layer_sequences(
-        analysis._EvaluationChunks(tokenizer, SAMPLE_TEXTS, context_length=64, max_tokens=1024,
-                                   vocab_size=analysis._output_vocab_size(model)), 100)
+    sequences = chunks.layer_sequences(
+        chunks.EvaluationChunks(tokenizer, SAMPLE_TEXTS, context_length=64, max_tokens=1024,
+                                vocab_size=_output_vocab_size(model)), 100)
     assert [sequence.shape[1] for sequence in sequences] == [64, 36]
 
     def layer_errors():
         with torch.no_grad():
-            return analysis._layer_errors(model, candidate, sequences, {}, len(units), torch.device("cpu"),
-                                          lambda percent, message: None)
+            return layers.layer_errors(model, candidate, sequences, {}, len(units), torch.device("cpu"),
+                                       lambda percent, message: None)
 
     replayed = layer_errors()
-    monkeypatch.setattr(analysis, "_decoder_stack", lambda model, units: (None, {}))
+    monkeypatch.setattr(layers, "_decoder_stack", lambda model, units: (None, {}))
     whole = layer_errors()
     assert [layer["ablation_kl"] for layer in replayed] == [layer["ablation_kl"] for layer in whole]
     assert all(layer["ablation_kl"] > 0 for layer in whole if layer["name"] != "lm_head")
@@ -310,12 +313,12 @@ def test_memory_does_not_grow_with_the_token_count(reference, monkeypatch):
     texts = SAMPLE_TEXTS * 4  # about 7,000 tokens
     accumulators = []
 
-    class RecordedTokenStatistics(analysis._TokenStatistics):
+    class RecordedTokenStatistics(statistics.TokenStatistics):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             accumulators.append(self)
 
-    monkeypatch.setattr(analysis, "_TokenStatistics", RecordedTokenStatistics)
+    monkeypatch.setattr(statistics, "TokenStatistics", RecordedTokenStatistics)
 
     def run(max_tokens):
         spec = AnalysisSpec(max_tokens=max_tokens, context_length=128, layer_tokens=0, batch_size=4)

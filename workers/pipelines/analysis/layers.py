@@ -1,0 +1,375 @@
+"""Per-layer errors: where in the candidate the drift comes from, module by module.
+
+The per-layer phase (hooks on every Linear, bitsandbytes and LoRA layers included) runs on the first
+`layer_tokens` tokens of the first chunk(s) only, every position counted, because it holds the reference's
+Linear inputs and outputs for one sequence at a time and runs one extra forward per ablated module. The
+ablations reuse the reference logits of the capture pass and its decoder-layer outputs (held for all layer
+sequences, like those logits): the layers before the ablated module replay their recorded outputs, so only the
+rest of the model runs again, with results identical to a whole pass.
+
+Weight errors compare the effective dense weights, dequantizing bitsandbytes' 4- and 8-bit layers and adding
+LoRA deltas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workers.pipelines.analysis.logits import (
+    LOG_PROB_ELEMENTS_PER_BLOCK,
+    STATISTICS_ELEMENTS_PER_BLOCK,
+    kl_divergence,
+    log_prob_blocks,
+    model_logits,
+)
+from workers.pipelines.analysis.statistics import Moments
+
+
+def _linear_units(model) -> dict[str, torch.nn.Module]:
+    """Linear layers by name, bitsandbytes' included; a LoRA-wrapped layer counts as one unit (its own name).
+
+    Names drop PEFT's "base_model.model." prefix so a LoRA model matches its plain base model.
+    """
+    units: dict[str, torch.nn.Module] = {}
+    inside_lora: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside_lora):
+            continue
+        is_lora = hasattr(module, "base_layer") and hasattr(module, "lora_A")
+        if is_lora:
+            inside_lora.append(name)
+        if is_lora or isinstance(module, torch.nn.Linear):
+            units[name.removeprefix("base_model.model.")] = module
+    return units
+
+
+class _LayerError:
+    """Sums over the layer-phase tokens for one module, in float64."""
+
+    def __init__(self):
+        self.reference_energy = 0.0
+        self.local_energy = 0.0
+        self.local_error = 0.0
+        self.local_dot = 0.0
+        self.propagated_error = 0.0
+        self.propagated_reference_energy = 0.0
+        self.channel_error: torch.Tensor | None = None
+        self.candidate_input_dtype: torch.dtype | None = None
+
+    def add(self, reference_output, local_output, own_output) -> None:
+        reference = reference_output.reshape(-1, reference_output.shape[-1]).to(torch.float64)
+        local = local_output.reshape(-1, local_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
+        own = own_output.reshape(-1, own_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
+        # Sums of products as float64 dot products: one pass each, no temporaries.
+        reference_flat, local_flat = reference.reshape(-1), local.reshape(-1)
+        channel_error = (local - reference).square_().sum(0)
+        self.channel_error = channel_error if self.channel_error is None else self.channel_error + channel_error
+        self.reference_energy += float(torch.dot(reference_flat, reference_flat))
+        self.local_energy += float(torch.dot(local_flat, local_flat))
+        self.local_error += float(channel_error.sum())
+        self.local_dot += float(torch.dot(local_flat, reference_flat))
+        propagated = (own - reference).reshape(-1)
+        self.propagated_error += float(torch.dot(propagated, propagated))
+
+    def result(self, name: str, weight_relative_error: float | None) -> dict:
+        relative_error = self.local_error / self.reference_energy if self.reference_energy > 0 else None
+        norms = math.sqrt(self.local_energy * self.reference_energy)
+        return {
+            "name": name,
+            "relative_error": relative_error,
+            "relative_error_propagated": (
+                self.propagated_error / self.reference_energy if self.reference_energy > 0 else None
+            ),
+            "cosine": max(-1.0, min(1.0, self.local_dot / norms)) if norms > 0 else None,
+            # Infinite SQNR (no error at all) is reported as null: JSON has no infinity.
+            "sqnr_db": 10 * math.log10(1 / relative_error) if relative_error else None,
+            "max_error_channel": (
+                int(self.channel_error.argmax()) if self.channel_error is not None and self.local_error > 0 else None
+            ),
+            "weight_relative_error": weight_relative_error,
+            "ablation_kl": None,
+        }
+
+
+def weight_errors(reference_model, candidate_model) -> dict[str, float | None]:
+    """Relative weight error of every Linear module the two models share, by name."""
+    reference_units = _linear_units(reference_model)
+    candidate_units = _linear_units(candidate_model)
+    return {
+        name: _weight_relative_error(unit, candidate_units[name])
+        for name, unit in reference_units.items()
+        if name in candidate_units
+    }
+
+
+def layer_errors(reference_model, candidate_model, sequences, weight_errors, ablation_top_n, device,
+                 report) -> list[dict]:
+    """Per Linear module: local and propagated output error, weight error, and ablation KL for the worst few."""
+    reference_units = _linear_units(reference_model)
+    candidate_units = _linear_units(candidate_model)
+    names = [name for name in reference_units if name in candidate_units]
+    if not names or not sequences:
+        return []
+    errors = {name: _LayerError() for name in names}
+    # The capture passes' logits (their hooks change nothing) and decoder-layer outputs, reused by the ablations.
+    stack, stack_positions = _decoder_stack(reference_model, reference_units) if ablation_top_n > 0 else (None, {})
+    reference_logits, stack_outputs = [], []
+    for index, sequence in enumerate(sequences):
+        logits, outputs = _accumulate_layer_errors(reference_model, candidate_model, reference_units,
+                                                   candidate_units, names, sequence.to(device), errors, stack)
+        if ablation_top_n > 0:
+            reference_logits.append(logits)
+            stack_outputs.append(outputs)
+        del logits, outputs
+        report(int(40 * (index + 1) / len(sequences)), f"Measured layer errors on {index + 1} of {len(sequences)} "
+               "sequences")
+
+    layers = [errors[name].result(name, weight_errors.get(name)) for name in names]
+
+    ranked = sorted(
+        (layer for layer in layers if layer["relative_error"] is not None),
+        key=lambda layer: layer["relative_error"],
+        reverse=True,
+    )[:ablation_top_n]
+    if ranked:
+        for number, layer in enumerate(ranked, start=1):
+            name = layer["name"]
+            layer["ablation_kl"] = _ablation_kl(
+                reference_model, reference_units[name], candidate_units[name], errors[name].candidate_input_dtype,
+                sequences, reference_logits, device, stack, stack_positions.get(name, 0), stack_outputs,
+            )
+            report(50 + int(50 * number / len(ranked)), f"Ablated {number} of {len(ranked)} most sensitive layers")
+    return layers
+
+
+def _accumulate_layer_errors(reference_model, candidate_model, reference_units, candidate_units, names, input_ids,
+                             errors, stack=None) -> tuple[torch.Tensor, list]:
+    """Hooked passes of both models over input_ids; returns the reference's logits (capture hooks alter nothing)
+    and the outputs of the reference's decoder layers in `stack` (empty without one)."""
+    # The reference's Linear inputs and outputs are kept without copying: the decoder architectures served here
+    # (Llama, Mistral, Qwen) never modify them in place after the Linear returns.
+    captured: dict[str, list] = {name: [] for name in names}
+    busy = {"local": False}
+
+    def capture(name):
+        def hook(module, args, kwargs, output):
+            captured[name].append((_linear_input(args, kwargs), output))
+
+        return hook
+
+    def compare(name):
+        def hook(module, args, kwargs, output):
+            if busy["local"] or not captured[name]:
+                return
+            reference_input, reference_output = captured[name].pop(0)
+            own_input = _linear_input(args, kwargs)
+            errors[name].candidate_input_dtype = own_input.dtype
+            busy["local"] = True
+            try:
+                # "Local" error: this module alone, fed exactly what the reference module saw.
+                local_output = module(reference_input.to(device=own_input.device, dtype=own_input.dtype))
+            finally:
+                busy["local"] = False
+            errors[name].add(reference_output, local_output, output)
+
+        return hook
+
+    stack_outputs: list = []
+    handles = [reference_units[name].register_forward_hook(capture(name), with_kwargs=True) for name in names]
+    if stack is not None:
+        handles += [layer.register_forward_hook(lambda module, args, output: stack_outputs.append(output))
+                    for layer in stack]
+    try:
+        reference_logits = model_logits(reference_model, input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    handles = [candidate_units[name].register_forward_hook(compare(name), with_kwargs=True) for name in names]
+    try:
+        model_logits(candidate_model, input_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+        captured.clear()
+    if stack is not None and len(stack_outputs) != len(stack):
+        stack_outputs = []  # the layers did not run once each in order: the ablations run whole passes
+    return reference_logits, stack_outputs
+
+
+def _decoder_stack(model, units) -> tuple[torch.nn.ModuleList | None, dict[str, int]]:
+    """The model's decoder layers (the ModuleList holding most of `units`) and, per unit name, how many of those
+    layers run before the unit: an ablation need not recompute them. The output head comes after all of them;
+    other units outside the stack get 0 (a whole pass)."""
+    stack, positions = None, {}
+    for path, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        prefix = path.removeprefix("base_model.model.") + "."
+        found = {}
+        for name in units:
+            if name.startswith(prefix):
+                head = name[len(prefix):].split(".", 1)[0]
+                if head.isdigit() and int(head) < len(module):
+                    found[name] = int(head)
+        if len(found) > len(positions):
+            stack, positions = module, found
+    if stack is None:
+        return None, {}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, unit in units.items():
+        if head is not None and (unit is head or getattr(unit, "base_layer", None) is head):
+            positions[name] = len(stack)
+    return stack, positions
+
+
+class _ReplayedLayers:
+    """Within the block, the first `count` layers of `stack` return their recorded outputs instead of running."""
+
+    def __init__(self, stack, count: int, outputs: list):
+        self.layers = list(stack)[:count] if outputs else []
+        self.outputs = outputs
+        self.saved: list = []
+
+    def __enter__(self):
+        for index, layer in enumerate(self.layers):
+            self.saved.append(layer.__dict__.get("forward"))  # accelerate may have wrapped forward already
+            layer.forward = self._replay(self.outputs[index], last=index == len(self.layers) - 1)
+        return self
+
+    def __exit__(self, *exc_info):
+        for layer, saved in zip(self.layers, self.saved):
+            if saved is None:
+                del layer.forward
+            else:
+                layer.forward = saved
+        self.saved = []
+
+    @staticmethod
+    def _replay(output, last: bool):
+        def forward(*args, **kwargs):
+            # The next layer gets a copy, so nothing it might do in place reaches the record.
+            if last and isinstance(output, torch.Tensor):
+                return output.clone()
+            if last and isinstance(output, tuple):
+                return tuple(item.clone() if isinstance(item, torch.Tensor) else item for item in output)
+            return output
+
+        return forward
+
+
+def _linear_input(args, kwargs) -> torch.Tensor:
+    if args:
+        return args[0]
+    return next(value for value in kwargs.values() if isinstance(value, torch.Tensor))
+
+
+def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_input_dtype, sequences,
+                 reference_logits, device, stack=None, skipped: int = 0, stack_outputs=None) -> float:
+    """Mean KL(reference || reference with this one module swapped for the candidate's) over all positions.
+
+    The `skipped` decoder layers before the module cannot change; they replay their recorded outputs.
+    """
+
+    busy = {"swapping": False}
+
+    def swap(module, args, kwargs, output):
+        if busy["swapping"]:  # the candidate's module is the reference's own (a version against itself)
+            return None
+        layer_input = _linear_input(args, kwargs)
+        dtype = candidate_input_dtype or layer_input.dtype
+        busy["swapping"] = True
+        try:
+            return candidate_unit(layer_input.to(dtype=dtype)).to(output.dtype)
+        finally:
+            busy["swapping"] = False
+
+    moments = Moments()
+    handle = reference_unit.register_forward_hook(swap, with_kwargs=True)
+    try:
+        for index, (sequence, logits) in enumerate(zip(sequences, reference_logits)):
+            outputs = stack_outputs[index] if stack is not None and stack_outputs else []
+            with torch.inference_mode(), _ReplayedLayers(stack, skipped, outputs):
+                ablated = model_logits(reference_model, sequence.to(device))
+            reference_rows = logits.reshape(-1, logits.shape[-1])
+            ablated_rows = ablated.reshape(-1, ablated.shape[-1])
+            for _, log_p, log_q in log_prob_blocks(reference_rows, ablated_rows, STATISTICS_ELEMENTS_PER_BLOCK):
+                # Unmasked first; where P_v > 0 the terms are the masked ones, elsewhere 0 * finite adds nothing,
+                # so a finite result is the masked one. Non-finite logits take the masked path.
+                terms = log_p - log_q
+                terms.mul_(log_p.exp())
+                kl = terms.sum(dim=-1)
+                kl = kl.clamp_min_(0.0) if bool(torch.isfinite(kl).all()) else kl_divergence(log_p, log_q)
+                moments.add(kl.cpu().numpy())
+    finally:
+        handle.remove()
+    return moments.mean
+
+
+def _weight_relative_error(reference_unit, candidate_unit) -> float | None:
+    """||W_c - W_r|| / ||W_r|| on the effective dense weights; None when one cannot be had or shapes differ."""
+    reference_weight = _effective_weight(reference_unit)
+    candidate_weight = _effective_weight(candidate_unit)
+    if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
+        return None
+    difference = reference_norm = 0.0
+    rows = max(1, LOG_PROB_ELEMENTS_PER_BLOCK // max(1, reference_weight.shape[-1]))
+    for start in range(0, reference_weight.shape[0], rows):
+        reference_rows = reference_weight[start : start + rows].to(torch.float64)
+        candidate_rows = candidate_weight[start : start + rows].to(device=reference_rows.device, dtype=torch.float64)
+        difference += float((candidate_rows - reference_rows).square().sum())
+        reference_norm += float(reference_rows.square().sum())
+    if reference_norm == 0:
+        return None
+    return math.sqrt(difference / reference_norm)
+
+
+def _effective_weight(module) -> torch.Tensor | None:
+    """The dense (out, in) weight a Linear, bitsandbytes or LoRA layer applies; None when it cannot be had."""
+    try:
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
+            weight = _effective_weight(module.base_layer)
+            if weight is None:
+                return None
+            if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
+                for adapter in module.active_adapters:
+                    if adapter in module.lora_A:
+                        weight = weight.float() + module.get_delta_weight(adapter).to(weight.device).float()
+            return weight
+        weight = module.weight
+        quant_state = getattr(weight, "quant_state", None)
+        if quant_state is not None:  # bitsandbytes Linear4bit (NF4 / FP4)
+            if getattr(quant_state, "packing_format_for_cpu", False):
+                return _dequantize_cpu_packed_4bit(weight.data, quant_state)
+            import bitsandbytes.functional as bnb_functional
+
+            return bnb_functional.dequantize_4bit(weight.data, quant_state)
+        if weight.dtype == torch.int8:  # bitsandbytes Linear8bitLt: row-wise absmax scales in SCB
+            scales = getattr(weight, "SCB", None)
+            if scales is None:
+                scales = getattr(getattr(module, "state", None), "SCB", None)
+            if scales is None:
+                return None
+            return weight.data.float() * (scales.float().unsqueeze(-1) / 127.0)
+        if not weight.dtype.is_floating_point:
+            return None
+        return weight.data
+    except (AttributeError, RuntimeError, TypeError, ValueError, KeyError):
+        return None
+
+
+def _dequantize_cpu_packed_4bit(packed: torch.Tensor, quant_state) -> torch.Tensor:
+    """Dense weight of a 4-bit layer bitsandbytes repacked for its AVX512-BF16 CPU kernel.
+
+    Mirrors bitsandbytes.functional._convert_weight_packed_for_cpu (0.50): nibbles interleaved in blocks of 32
+    output rows, absmax as (in / blocksize, out) bfloat16. Its own inverse is not used: it mutates the layer.
+    """
+    rows, half_columns = packed.shape
+    block_rows = 32
+    nibbles = packed.reshape(-1, 32)
+    codes = torch.cat([nibbles & 0xF, (nibbles >> 4) & 0xF], dim=-1)
+    codes = codes.reshape(rows // block_rows, half_columns, block_rows, 2).transpose(1, 2).reshape(rows, -1)
+    absmax = quant_state.absmax.to(torch.float32).T  # (out, in / blocksize)
+    values = quant_state.code.to(torch.float32)[codes.long()]
+    return (values.reshape(rows, -1, quant_state.blocksize) * absmax.unsqueeze(-1)).reshape(rows, -1)
