@@ -16,3 +16,9 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]
+
+# Errors Django answers itself (unmatched URLs, oversized bodies, crashes) come out in the contract's shape too.
+handler400 = "foundation.http.bad_request"
+handler403 = "foundation.http.permission_denied"
+handler404 = "foundation.http.not_found"
+handler500 = "foundation.http.server_error"

@@ -12,15 +12,19 @@ from django.utils.html import format_html
 
 from foundation.admin_access import RoleAccessMixin
 from foundation.errors import DomainError
-from foundation.roles import ML_ENGINEER, has_role
+from foundation.roles import ALL_ROLES, ML_ENGINEER, has_role
 from registry import selectors, services
-from registry.models import Dataset, ModelVersion, RegisteredModel
+from registry.models import Dataset, ModelVersion, RegisteredModel, Team
 from workers import selectors as job_selectors
 from workers import services as job_services
-from workers.pipelines.quantize import COMPUTE_DTYPES, METHODS
+from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 
 
 class ModelCreateForm(forms.ModelForm):
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False,
+                                  help_text="The team that owns the model; default: your only team (or a personal "
+                                            "team named after you).")
+
     class Meta:
         model = RegisteredModel
         fields = ["name", "description"]
@@ -33,9 +37,11 @@ class ModelCreateForm(forms.ModelForm):
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(RoleAccessMixin, admin.ModelAdmin):
     form = ModelCreateForm
-    list_display = ["name", "description", "last_version_number", "created_by", "created_at"]
+    list_display = ["name", "team", "description", "last_version_number", "created_by", "created_at"]
+    list_filter = ["team"]
     search_fields = ["name", "description"]
-    readonly_fields = ["name", "description", "last_version_number", "created_by", "created_at", "version_links"]
+    readonly_fields = ["name", "team", "description", "last_version_number", "created_by", "created_at",
+                       "version_links"]
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []
@@ -49,10 +55,38 @@ class RegisteredModelAdmin(RoleAccessMixin, admin.ModelAdmin):
         ]
         return format_html("<br>".join(["{}"] * len(links)), *links) if links else "none yet"
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "team" in form.base_fields:
+            teams = Team.objects.all() if request.user.is_superuser else Team.objects.filter(members=request.user)
+            form.base_fields["team"].queryset = teams
+        return form
+
     def save_model(self, request, obj, form, change):
+        team = form.cleaned_data.get("team")
         created = services.create_model(name=form.cleaned_data["name"],
-                                        description=form.cleaned_data.get("description", ""), actor=request.user)
+                                        description=form.cleaned_data.get("description", ""), actor=request.user,
+                                        team=team.name if team else None)
         obj.pk = created.pk
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Teams are managed by superusers (Django's own permissions); every role may look."""
+
+    list_display = ["name", "member_names", "created_at"]
+    search_fields = ["name", "members__username"]
+    filter_horizontal = ["members"]
+
+    def has_module_permission(self, request):
+        return has_role(request.user, *ALL_ROLES)
+
+    def has_view_permission(self, request, obj=None):
+        return has_role(request.user, *ALL_ROLES)
+
+    @admin.display(description="Members")
+    def member_names(self, obj):
+        return ", ".join(obj.members.order_by("username").values_list("username", flat=True)) or "-"
 
 
 class VersionCreateForm(forms.ModelForm):

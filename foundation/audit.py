@@ -84,6 +84,16 @@ def append_event(*, actor, action: str, object_type: str, object_id, model_name:
     return event
 
 
+def audit_events(*, model_name: str | None = None, action: str | None = None):
+    """The trail, newest first, optionally for one model or one action."""
+    events = AuditEvent.objects.all()
+    if model_name:
+        events = events.filter(model_name=model_name)
+    if action:
+        events = events.filter(action=action)
+    return events
+
+
 @dataclass(frozen=True)
 class ChainVerification:
     ok: bool

@@ -1,16 +1,19 @@
 """Governance endpoints: change requests and decisions, policies, aliases and rollback, the audit trail."""
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from foundation.anchoring import verify_anchored_chain
+from foundation.audit import audit_events
 from foundation.models import AuditEvent
+from foundation.pagination import ARRAY_OF_OBJECTS, filter_parameter, list_parameters, paginated_response
 from foundation.permissions import role_permission
 from foundation.roles import APPROVER, ML_ENGINEER, OPS
 from governance import selectors as governance_selectors
 from governance import services
-from governance.models import GATE_THRESHOLD_FIELDS, Alias, ChangeRequest
+from governance.models import GATE_THRESHOLD_FIELDS, Alias, AliasChange, ChangeRequest
 from registry import selectors
 
 # Writes are further checked by the services (which role may do what, and separation of duties).
@@ -60,7 +63,7 @@ def change_request_document(request: ChangeRequest) -> dict:
         "approvals": [
             {"user": d.decided_by.username, "decision": d.decision, "comment": d.comment, "at": d.created_at,
              "round": d.round}
-            for d in request.decisions.select_related("decided_by").all()
+            for d in request.decisions.all()
         ],
         "gates": request.gates, "analysis": request.analysis_id, "policy": request.policy_snapshot,
         "expires_at": request.expires_at, "created_at": request.created_at, "deployed_at": request.deployed_at,
@@ -76,13 +79,19 @@ def policy_document(policy: dict) -> dict:
 class ChangeRequestListView(APIView):
     permission_classes = [GovernanceWrites]
 
+    @extend_schema(responses=ARRAY_OF_OBJECTS, operation_id="change_requests_list", parameters=list_parameters(
+        filter_parameter("model", "Only requests for this model."),
+        filter_parameter("alias", "Only requests for this alias (production, staging, ...)."),
+        filter_parameter("status", "Only requests in this status: analysing, pending, blocked, approved, deployed, "
+                                   "rejected, expired or stale.")))
     def get(self, request):
         params = request.query_params
         requests = governance_selectors.change_requests(model_name=params.get("model"), alias=params.get("alias"),
                                                         status=params.get("status"))
-        return Response([change_request_document(r) for r in requests[:500]])
+        return paginated_response(request, requests, ordering=("-pk",),
+                                  serialize=lambda page: [change_request_document(r) for r in page])
 
-    @extend_schema(request=ChangeRequestOpenSerializer, responses={201: dict})
+    @extend_schema(request=ChangeRequestOpenSerializer, responses={201: OpenApiTypes.OBJECT})
     def post(self, request):
         payload = ChangeRequestOpenSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -97,6 +106,7 @@ class ChangeRequestListView(APIView):
 class ChangeRequestDetailView(APIView):
     permission_classes = [GovernanceWrites]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, request_id):
         return Response(change_request_document(governance_selectors.get_change_request(request_id)))
 
@@ -104,7 +114,7 @@ class ChangeRequestDetailView(APIView):
 class DecisionView(APIView):
     permission_classes = [GovernanceWrites]
 
-    @extend_schema(request=DecisionSerializer, responses=dict)
+    @extend_schema(request=DecisionSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, request_id):
         payload = DecisionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -116,6 +126,7 @@ class DecisionView(APIView):
 class PolicyView(APIView):
     permission_classes = [GovernanceWrites]
 
+    @extend_schema(responses=PolicySerializer)
     def get(self, request, name, alias):
         return Response(policy_document(services.effective_policy(selectors.get_model(name), alias)))
 
@@ -130,30 +141,55 @@ class PolicyView(APIView):
         return Response(policy_document(policy))
 
 
-def alias_document(alias: Alias) -> dict:
-    return {
-        "alias": alias.name, "version": alias.version.number if alias.version else None, "since": alias.since,
-        "history": [
-            {"kind": c.kind, "from_version": c.from_version.number if c.from_version else None,
-             "to_version": c.to_version.number, "change_request": c.change_request_id,
-             "actor": c.actor.username, "reason": c.reason, "at": c.created_at}
-            for c in alias.changes.select_related("from_version", "to_version", "actor")
-        ],
-    }
+def alias_document(alias: Alias, *, with_history: bool = True) -> dict:
+    document = {"alias": alias.name, "version": alias.version.number if alias.version else None,
+                "since": alias.since}
+    if with_history:
+        document["history"] = [alias_change_document(c) for c in alias.changes.all()]
+    return document
+
+
+def alias_change_document(change: AliasChange) -> dict:
+    return {"kind": change.kind, "from_version": change.from_version.number if change.from_version else None,
+            "to_version": change.to_version.number, "change_request": change.change_request_id,
+            "actor": change.actor.username, "reason": change.reason, "at": change.created_at}
 
 
 class AliasListView(APIView):
     permission_classes = [GovernanceWrites]
 
+    @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(), operation_id="models_aliases_list")
     def get(self, request, name):
-        aliases = governance_selectors.aliases_of(selectors.get_model(name))
-        return Response([alias_document(a) for a in aliases])
+        aliases = governance_selectors.aliases_of(selectors.get_model(name)).prefetch_related(
+            "changes__from_version", "changes__to_version", "changes__actor")
+        return paginated_response(request, aliases, ordering=("name",),
+                                  serialize=lambda page: [alias_document(a) for a in page])
+
+
+class AliasDetailView(APIView):
+    permission_classes = [GovernanceWrites]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, name, alias):
+        found = governance_selectors.get_alias_of(selectors.get_model(name), alias)
+        return Response(alias_document(found, with_history=False) | {"history": f"{request.path.rstrip('/')}/history"})
+
+
+class AliasHistoryView(APIView):
+    permission_classes = [GovernanceWrites]
+
+    @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(),
+                   operation_id="models_aliases_history_list")
+    def get(self, request, name, alias):
+        found = governance_selectors.get_alias_of(selectors.get_model(name), alias)
+        return paginated_response(request, governance_selectors.alias_history(found), ordering=("-pk",),
+                                  serialize=lambda page: [alias_change_document(c) for c in page])
 
 
 class RollbackView(APIView):
     permission_classes = [GovernanceWrites]
 
-    @extend_schema(request=RollbackSerializer, responses=dict)
+    @extend_schema(request=RollbackSerializer, responses=OpenApiTypes.OBJECT)
     def post(self, request, name, alias):
         payload = RollbackSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -164,30 +200,30 @@ class RollbackView(APIView):
                          "previous": change.from_version.number if change.from_version else None})
 
 
+def audit_event_document(event: AuditEvent) -> dict:
+    return {"sequence": event.sequence, "occurred_at": event.occurred_at, "actor": event.actor_name,
+            "action": event.action, "model": event.model_name, "object_type": event.object_type,
+            "object_id": event.object_id, "before": event.before, "after": event.after,
+            "prev_hash": event.prev_hash, "hash": event.hash}
+
+
 class AuditEventListView(APIView):
     permission_classes = [role_permission()]
 
+    @extend_schema(responses=ARRAY_OF_OBJECTS, operation_id="audit_events_list", parameters=list_parameters(
+        filter_parameter("model", "Only events about this model."),
+        filter_parameter("action", "Only events of this action, e.g. version.sealed or alias.rollback.")))
     def get(self, request):
-        events = AuditEvent.objects.all()
-        if request.query_params.get("model"):
-            events = events.filter(model_name=request.query_params["model"])
-        if request.query_params.get("action"):
-            events = events.filter(action=request.query_params["action"])
-        try:
-            limit = min(int(request.query_params.get("limit", 500)), 5000)
-        except ValueError:
-            limit = 500
-        return Response([
-            {"sequence": e.sequence, "occurred_at": e.occurred_at, "actor": e.actor_name, "action": e.action,
-             "model": e.model_name, "object_type": e.object_type, "object_id": e.object_id, "before": e.before,
-             "after": e.after, "prev_hash": e.prev_hash, "hash": e.hash}
-            for e in events[:limit]
-        ])
+        events = audit_events(model_name=request.query_params.get("model"),
+                              action=request.query_params.get("action"))
+        return paginated_response(request, events, ordering=("-sequence",),
+                                  serialize=lambda page: [audit_event_document(e) for e in page])
 
 
 class AuditVerificationView(APIView):
     permission_classes = [role_permission()]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request):
         result, anchor = verify_anchored_chain()
         return Response({"ok": result.ok, "events": result.events, "first_bad": result.first_bad,

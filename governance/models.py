@@ -7,7 +7,6 @@ from django.db import models
 from registry.models import model_name_validator
 
 
-
 @dataclass(frozen=True)
 class Gate:
     """One policy gate: the policy field holding its threshold, the measured value's name, and which way passes."""

@@ -1,15 +1,16 @@
 """Reads of change requests and aliases that the API, the admin and the reports share."""
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 
 from foundation.errors import NotFound
-from governance.models import Alias, ChangeRequest
+from governance.models import Alias, AliasChange, ChangeRequest, Decision
 
 _CHANGE_REQUEST_RELATIONS = ("model", "from_version", "to_version", "requested_by", "analysis__dataset")
 
 
 def change_requests(*, model_name: str | None = None, alias: str | None = None,
                     status: str | None = None) -> QuerySet[ChangeRequest]:
-    queryset = ChangeRequest.objects.select_related(*_CHANGE_REQUEST_RELATIONS)
+    queryset = (ChangeRequest.objects.select_related(*_CHANGE_REQUEST_RELATIONS)
+                .prefetch_related(Prefetch("decisions", queryset=Decision.objects.select_related("decided_by"))))
     if model_name:
         queryset = queryset.filter(model__name=model_name)
     if alias:
@@ -43,3 +44,14 @@ def aliases() -> QuerySet[Alias]:
 
 def aliases_of(model) -> QuerySet[Alias]:
     return aliases().filter(model=model)
+
+
+def get_alias_of(model, name: str) -> Alias:
+    alias = aliases_of(model).filter(name=name).first()
+    if alias is None:
+        raise NotFound(f"Model {model.name!r} has no alias {name!r}.")
+    return alias
+
+
+def alias_history(alias: Alias) -> QuerySet[AliasChange]:
+    return alias.changes.select_related("from_version", "to_version", "actor")

@@ -16,10 +16,18 @@ from foundation.roles import APPROVER, ML_ENGINEER, OPS, has_role
 from foundation.tasks import anchor_audit_head
 from governance import signals
 from governance.models import (
-    DEFAULT_GATES, GATE_THRESHOLD_FIELDS, GATES, Alias, AliasChange, ChangeRequest, Decision, Policy,
+    DEFAULT_GATES,
+    GATE_THRESHOLD_FIELDS,
+    GATES,
+    Alias,
+    AliasChange,
+    ChangeRequest,
+    Decision,
+    Policy,
 )
 from registry.models import Dataset, ModelVersion, RegisteredModel
 from registry.selectors import newest_evaluation_dataset
+from registry.teams import require_team_member
 from workers.models import Analysis
 from workers.services import start_analysis
 
@@ -158,6 +166,7 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
     """Ask to point `alias` at a sealed version; gates come from an analysis against the alias's current version."""
     if not has_role(actor, ML_ENGINEER):
         raise PermissionDenied("Opening a change request needs the ml_engineer role.")
+    require_team_member(actor=actor, model=model)
     if not (justification or "").strip():
         raise InvalidInput("Give a justification for the change.", field="justification")
     with transaction.atomic():

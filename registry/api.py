@@ -1,5 +1,6 @@
 """Registry endpoints: parse, authorize, call one service or selector, serialize. No writes here."""
 from django.http import HttpResponseRedirect
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -7,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from foundation.errors import InvalidInput
+from foundation.pagination import filter_parameter, list_parameters, paginated_response
 from foundation.permissions import EngineerWrites
 from registry import selectors, services
 from registry.models import Dataset, ModelVersion, RegisteredModel, VersionFile
@@ -16,15 +18,19 @@ from registry.validation import validate_file_path
 class ModelCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    team = serializers.CharField(required=False, max_length=100, help_text=(
+        "The team that owns the model (you must be a member); default: your only team, or a personal team "
+        "named after you when you are in none."))
 
 
 class ModelSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
+    team = serializers.CharField(source="team.name")
     versions = serializers.SerializerMethodField()
 
     class Meta:
         model = RegisteredModel
-        fields = ["name", "description", "created_by", "created_at", "versions"]
+        fields = ["name", "description", "team", "created_by", "created_at", "versions"]
 
     def get_versions(self, model) -> int:
         return model.last_version_number
@@ -91,9 +97,10 @@ class DatasetSerializer(serializers.ModelSerializer):
 class ModelListView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(responses=ModelSerializer(many=True))
+    @extend_schema(responses=ModelSerializer(many=True), parameters=list_parameters(), operation_id="models_list")
     def get(self, request):
-        return Response(ModelSerializer(selectors.models(), many=True).data)
+        return paginated_response(request, selectors.models(), ordering=("name",),
+                                  serialize=lambda page: ModelSerializer(page, many=True).data)
 
     @extend_schema(request=ModelCreateSerializer, responses={201: ModelSerializer})
     def post(self, request):
@@ -114,9 +121,11 @@ class ModelDetailView(APIView):
 class VersionListView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(responses=VersionListSerializer(many=True))
+    @extend_schema(responses=VersionListSerializer(many=True), parameters=list_parameters(),
+                   operation_id="models_versions_list")
     def get(self, request, name):
-        return Response(VersionListSerializer(selectors.versions_of(selectors.get_model(name)), many=True).data)
+        return paginated_response(request, selectors.versions_of(selectors.get_model(name)), ordering=("number",),
+                                  serialize=lambda page: VersionListSerializer(page, many=True).data)
 
     @extend_schema(request=VersionCreateSerializer, responses={201: VersionSerializer})
     def post(self, request, name):
@@ -185,6 +194,7 @@ class SealView(APIView):
 class LineageView(APIView):
     permission_classes = [EngineerWrites]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name, number):
         return Response(selectors.lineage(selectors.get_version(name, number)))
 
@@ -193,9 +203,11 @@ class DatasetListView(APIView):
     permission_classes = [EngineerWrites]
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(responses=DatasetSerializer(many=True))
+    @extend_schema(responses=DatasetSerializer(many=True), operation_id="datasets_list", parameters=list_parameters(
+        filter_parameter("purpose", "Only datasets of this purpose: calibration, evaluation or training.")))
     def get(self, request):
-        return Response(DatasetSerializer(selectors.datasets(), many=True).data)
+        return paginated_response(request, selectors.datasets(purpose=request.query_params.get("purpose")),
+                                  ordering=("-pk",), serialize=lambda page: DatasetSerializer(page, many=True).data)
 
     @extend_schema(request={"multipart/form-data": DatasetCreateSerializer}, responses={201: DatasetSerializer})
     def post(self, request):

@@ -14,9 +14,24 @@ model_name_validator = RegexValidator(
 )
 
 
+class Team(models.Model):
+    """The people who own models: only its ml_engineer members write to the team's models."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[model_name_validator])
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="model_teams", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class RegisteredModel(models.Model):
     name = models.CharField(max_length=100, unique=True, validators=[model_name_validator])
     description = models.TextField(blank=True)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="models")
     # Version numbers are handed out from this counter under a row lock, so a number is never reused.
     last_version_number = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")

@@ -9,23 +9,25 @@ from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel
 
 
 def models() -> QuerySet[RegisteredModel]:
-    return RegisteredModel.objects.select_related("created_by")
+    return RegisteredModel.objects.select_related("created_by", "team")
 
 
-def datasets() -> QuerySet[Dataset]:
-    return Dataset.objects.select_related("created_by")
+def datasets(*, purpose: str | None = None) -> QuerySet[Dataset]:
+    queryset = Dataset.objects.select_related("created_by")
+    return queryset.filter(purpose=purpose) if purpose else queryset
 
 
 def get_model(name: str) -> RegisteredModel:
     try:
-        return RegisteredModel.objects.get(name=name)
+        return RegisteredModel.objects.select_related("team", "created_by").get(name=name)
     except RegisteredModel.DoesNotExist:
         raise NotFound(f"No model named {name!r}.") from None
 
 
 def get_version(model_name: str, number: int) -> ModelVersion:
     try:
-        return ModelVersion.objects.select_related("model", "created_by").get(model__name=model_name, number=number)
+        return (ModelVersion.objects.select_related("model__team", "created_by")
+                .get(model__name=model_name, number=number))
     except ModelVersion.DoesNotExist:
         raise NotFound(f"Model {model_name!r} has no version {number}.") from None
 

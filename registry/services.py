@@ -13,6 +13,7 @@ from foundation import storage
 from foundation.audit import append_event
 from foundation.errors import Conflict, InvalidInput, TooLarge, Unprocessable
 from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator
+from registry.teams import require_team_member, team_for_new_model
 from registry.validation import (
     MAX_JSON_FILE_BYTES,
     SAFETENSORS_SUFFIX,
@@ -31,8 +32,8 @@ def _version_summary(version: ModelVersion) -> dict:
 
 
 @transaction.atomic
-def create_model(*, name: str, description: str, actor) -> RegisteredModel:
-    """Register a new model name."""
+def create_model(*, name: str, description: str, actor, team: str | None = None) -> RegisteredModel:
+    """Register a new model name, owned by a team of the creator's (see registry.teams)."""
     from django.core.exceptions import ValidationError
 
     try:
@@ -41,13 +42,15 @@ def create_model(*, name: str, description: str, actor) -> RegisteredModel:
         raise InvalidInput(f"Model name {name!r} is invalid. {error.messages[0]}", field="name") from None
     if RegisteredModel.objects.filter(name=name).exists():
         raise Conflict(f"A model named {name!r} already exists.", field="name")
+    owner = team_for_new_model(actor=actor, team_name=team)
     try:
         with transaction.atomic():
-            model = RegisteredModel.objects.create(name=name, description=description, created_by=actor)
+            model = RegisteredModel.objects.create(name=name, description=description, team=owner,
+                                                   created_by=actor)
     except IntegrityError:
         raise Conflict(f"A model named {name!r} already exists.", field="name") from None
     append_event(actor=actor, action="model.created", object_type="model", object_id=model.pk, model_name=name,
-                 after={"name": name, "description": description})
+                 after={"name": name, "description": description, "team": owner.name})
     return model
 
 
@@ -63,6 +66,7 @@ def _allocate_version(*, model: RegisteredModel, actor, kind: str, description: 
 @transaction.atomic
 def create_version(*, model: RegisteredModel, description: str, actor) -> ModelVersion:
     """Open a draft version for uploads; its number is the model's next and is never reused."""
+    require_team_member(actor=actor, model=model)
     version = _allocate_version(model=model, actor=actor, kind=ModelVersion.Kind.UPLOAD, description=description)
     append_event(actor=actor, action="version.created", object_type="version", object_id=version.pk,
                  model_name=model.name, after=_version_summary(version))
@@ -78,6 +82,7 @@ def upload_version_file(*, version: ModelVersion, path: str, stream, content_len
     its object is removed.
     """
     validate_file_path(path)
+    require_team_member(actor=actor, model=version.model)
     if expected_sha256 is not None:
         expected_sha256 = expected_sha256.strip().lower()
         if len(expected_sha256) != 64 or any(c not in "0123456789abcdef" for c in expected_sha256):
@@ -173,7 +178,8 @@ def check_version_contents(*, kind: str, files: list[tuple[str, int]], read_rang
 @transaction.atomic
 def seal_version(*, version: ModelVersion, actor) -> ModelVersion:
     """Validate a draft's files and freeze it: status ready, manifest digest recorded, immutable from now on."""
-    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version.pk)
+    version = ModelVersion.objects.select_for_update().select_related("model__team").get(pk=version.pk)
+    require_team_member(actor=actor, model=version.model)
     if version.status != ModelVersion.Status.DRAFT:
         raise Conflict(f"{version} is already sealed.")
     files = list(version.files.all())

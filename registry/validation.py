@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from foundation.errors import InvalidInput, Unprocessable
+from foundation.input_text import control_character_in, describe, first_control_character
 
 # Formats that are pickles under the hood: loading one can run arbitrary code, so they are refused outright.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
@@ -32,8 +33,10 @@ def validate_file_path(path: str) -> str:
         raise InvalidInput(f"File path {path!r} contains a backslash; use '/' between folders.", field="path")
     if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         raise InvalidInput(f"File path {path!r} is absolute; give a path relative to the version.", field="path")
-    if "\x00" in path or any(ord(character) < 32 for character in path):
-        raise InvalidInput("File path contains control characters.", field="path")
+    control = control_character_in(path)
+    if control:
+        raise InvalidInput(f"File path {path!r} contains the control character {describe(control)}; remove it.",
+                           field="path")
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise InvalidInput(
@@ -86,6 +89,11 @@ def parse_safetensors_header(path: str, size: int, read_range: Callable[[int, in
     for name, entry in header.items():
         if name == "__metadata__":
             continue
+        control = control_character_in(name)
+        if control:
+            raise InvalidInput(f"{path}: tensor name {name!r} contains the control character {describe(control)}; "
+                               "the file cannot be registered. Save the model again with plain tensor names.",
+                               field="files")
         tensors[name] = _check_tensor_entry(path, name, entry, data_length)
     if not tensors:
         raise Unprocessable(f"{path} holds no tensors.", field="files")
@@ -117,6 +125,10 @@ def parse_json_file(path: str, raw: bytes) -> dict:
         raise Unprocessable(f"{path} is not valid JSON: {error}.", field="files") from None
     if not isinstance(document, dict):
         raise Unprocessable(f"{path} must hold a JSON object.", field="files")
+    found = first_control_character(document, field=path)
+    if found:
+        raise InvalidInput(f"{found[0]} contains the control character {describe(found[1])}; fix {path} and upload "
+                           "it again.", field="files")
     return document
 
 

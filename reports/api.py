@@ -1,9 +1,12 @@
 """Report endpoints (read-only for every role): list, detail, the PDF, its verification, the root certificate."""
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from foundation.errors import InvalidInput
+from foundation.pagination import ARRAY_OF_OBJECTS, filter_parameter, list_parameters, paginated_response
 from foundation.permissions import role_permission
 from reports import selectors
 from reports.models import Report
@@ -38,22 +41,27 @@ def report_document(report: Report) -> dict:
 class ReportListView(APIView):
     permission_classes = [ReportReads]
 
-    @extend_schema(parameters=[OpenApiParameter(name, str, required=False)
-                               for name in ("model", "kind", "status", "change_request")], responses=dict,
-                   operation_id="reports_list")
+    @extend_schema(responses=ARRAY_OF_OBJECTS, operation_id="reports_list", parameters=list_parameters(
+        filter_parameter("model", "Only reports about this model."),
+        filter_parameter("kind", "change_impact or rollback."),
+        filter_parameter("status", "draft, final or superseded."),
+        filter_parameter("change_request", "Only the reports of this change request.", OpenApiTypes.INT)))
     def get(self, request):
         params = request.query_params
         change_request = params.get("change_request")
+        if change_request and not change_request.isdigit():
+            raise InvalidInput(f"change_request must be a change request id, not {change_request!r}.",
+                               field="change_request")
         queryset = selectors.reports(model_name=params.get("model"), kind=params.get("kind"),
-                                     status=params.get("status"),
-                                     change_request_id=change_request if (change_request or "").isdigit() else None)
-        return Response([report_document(report) for report in queryset[:500]])
+                                     status=params.get("status"), change_request_id=change_request or None)
+        return paginated_response(request, queryset, ordering=("-pk",),
+                                  serialize=lambda page: [report_document(report) for report in page])
 
 
 class ReportDetailView(APIView):
     permission_classes = [ReportReads]
 
-    @extend_schema(responses=dict)
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, report_id):
         return Response(report_document(selectors.get_report(report_id)))
 
@@ -69,7 +77,7 @@ class ReportPdfView(APIView):
 class ReportVerificationView(APIView):
     permission_classes = [ReportReads]
 
-    @extend_schema(responses=dict)
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, report_id):
         return Response(selectors.verify_report(selectors.get_report(report_id)))
 

@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from foundation.anchoring import verify_anchored_chain
 from foundation.errors import DomainError, StorageUnavailable
+from foundation.http import error_response, wants_json
 from foundation.models import AuditEvent
 from foundation.roles import REGULATOR, has_role
 from registry.models import RegisteredModel
@@ -26,15 +27,28 @@ def regulator_required(view):
     @wraps(view)
     def wrapped(request, *args, **kwargs):
         if not has_role(request.user, REGULATOR):
-            return render(request, "reports/portal/forbidden.html", status=403)
+            return _page_or_error(request, "reports/portal/forbidden.html", {}, 403, FORBIDDEN_DETAIL)
         try:
             return view(request, *args, **kwargs)
         except StorageUnavailable as error:
-            return render(request, "reports/portal/error.html", {"message": error.message}, status=503)
+            return _page_or_error(request, "reports/portal/error.html", {"message": error.message}, 503,
+                                  error.message)
         except DomainError as error:
-            return render(request, "reports/portal/error.html", {"message": error.message}, status=404)
+            return _page_or_error(request, "reports/portal/error.html", {"message": error.message}, 404,
+                                  error.message)
 
     return wrapped
+
+
+FORBIDDEN_DETAIL = ("The regulator portal is for users with the regulator role; ask an administrator to add you "
+                    "to the regulator group.")
+
+
+def _page_or_error(request, template: str, context: dict, status: int, detail: str):
+    """Browsers get the portal's own page; other clients the contract's JSON error."""
+    if wants_json(request):
+        return error_response(request, status, detail)
+    return render(request, template, context, status=status)
 
 
 class PortalLoginView(auth_views.LoginView):

@@ -14,13 +14,19 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from foundation.roles import APPROVER, ML_ENGINEER, OPS, REGULATOR
+from registry.models import Team
+
+SHARED_TEAM = "risk-models"
 
 
-def make_user(username: str, *roles: str, superuser: bool = False) -> User:
+def make_user(username: str, *roles: str, superuser: bool = False, team: str | None = SHARED_TEAM) -> User:
+    """A user with these roles; ML engineers join `team` (by default one team that all test engineers share)."""
     user = User.objects.create_user(username=username, password=f"{username}-password", is_staff=True,
                                     is_superuser=superuser, email=f"{username}@bank.example")
     for role in roles:
         user.groups.add(Group.objects.get(name=role))
+    if team and ML_ENGINEER in roles:
+        Team.objects.get_or_create(name=team)[0].members.add(user)
     return user
 
 

@@ -1,15 +1,17 @@
 """Job endpoints: start work on a version, follow it, cancel it; analyses and their charts."""
 from django.http import HttpResponseRedirect
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from foundation.pagination import filter_parameter, list_parameters, paginated_response
 from foundation.permissions import EngineerWrites
 from registry import selectors
 from workers import services
 from workers.models import Job
-from workers.pipelines.quantize import COMPUTE_DTYPES, METHODS
+from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 from workers.selectors import analysis_plot_url, get_analysis, get_job, jobs
 
 
@@ -50,9 +52,15 @@ class QuantizeView(APIView):
 class JobListView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(responses=JobSerializer(many=True))
+    @extend_schema(responses=JobSerializer(many=True), operation_id="jobs_list", parameters=list_parameters(
+        filter_parameter("status", "Only jobs in this status: queued, running, succeeded, failed or cancelled."),
+        filter_parameter("kind", "Only jobs of this kind: quantize, analysis, lora or report."),
+        filter_parameter("model", "Only jobs on versions of this model.")))
     def get(self, request):
-        return Response(JobSerializer(jobs()[:200], many=True).data)
+        params = request.query_params
+        queryset = jobs(status=params.get("status"), kind=params.get("kind"), model_name=params.get("model"))
+        return paginated_response(request, queryset, ordering=("-pk",),
+                                  serialize=lambda page: JobSerializer(page, many=True).data)
 
 
 class JobDetailView(APIView):
@@ -100,14 +108,14 @@ def analysis_document(analysis) -> dict:
 class AnalysisStartView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(request=AnalysisRequestSerializer, responses={202: dict})
+    @extend_schema(request=AnalysisRequestSerializer, responses={202: OpenApiTypes.OBJECT})
     def post(self, request, name, number):
         payload = AnalysisRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         candidate = selectors.get_version(name, number)
         reference = selectors.get_version(name, data["reference"]) if data.get("reference") else None
-        analysis = services.start_analysis(candidate=candidate, reference=reference,
+        analysis = services.request_analysis(candidate=candidate, reference=reference,
                                            dataset=selectors.get_dataset(data["dataset"]),
                                            max_tokens=data["max_tokens"], top_k=data["top_k"], actor=request.user)
         return Response({"job": analysis.job.pk, "analysis": analysis.pk}, status=status.HTTP_202_ACCEPTED)
@@ -116,6 +124,7 @@ class AnalysisStartView(APIView):
 class AnalysisDetailView(APIView):
     permission_classes = [EngineerWrites]
 
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, analysis_id):
         return Response(analysis_document(get_analysis(analysis_id)))
 

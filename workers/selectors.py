@@ -6,8 +6,15 @@ from foundation.errors import NotFound
 from workers.models import Analysis, Job
 
 
-def jobs() -> QuerySet[Job]:
-    return Job.objects.select_related("source_version__model", "created_by")
+def jobs(*, status: str | None = None, kind: str | None = None, model_name: str | None = None) -> QuerySet[Job]:
+    queryset = Job.objects.select_related("source_version__model", "created_by")
+    if status:
+        queryset = queryset.filter(status=status)
+    if kind:
+        queryset = queryset.filter(kind=kind)
+    if model_name:
+        queryset = queryset.filter(source_version__model__name=model_name)
+    return queryset
 
 
 def get_job(job_id) -> Job:

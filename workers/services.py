@@ -9,12 +9,17 @@ from django.db.models import F
 from django.utils import timezone
 
 from foundation.audit import append_event
-from foundation.errors import Conflict, InvalidInput, Unprocessable
+from foundation.errors import Conflict, InvalidInput, PermissionDenied, Unprocessable
 from registry.models import Dataset, ModelVersion
 from registry.selectors import module_names_of
+from registry.teams import require_team_member
 from workers import signals
 from workers.models import Analysis, Job
 from workers.pipelines.errors import PipelineInputError
+from workers.pipelines.specs import (
+    AnalysisSpec, LoraSpec, QuantizeSpec, is_skipped, validate_analysis_spec, validate_lora_spec,
+    validate_quantize_spec,
+)
 from workers.queues import enqueue_job
 
 
@@ -96,7 +101,11 @@ def _release_waiting_requests(job: Job) -> None:
 @transaction.atomic
 def cancel_job(*, job: Job, actor) -> Job:
     """Ask a job to stop: a queued job is cancelled at once, a running one at its next safe point."""
-    job = Job.objects.select_for_update(of=("self",)).select_related("source_version__model").get(pk=job.pk)
+    job = Job.objects.select_for_update(of=("self",)).select_related("source_version__model__team").get(pk=job.pk)
+    if job.source_version_id:
+        require_team_member(actor=actor, model=job.source_version.model)
+    elif not actor.is_superuser and actor.pk != job.created_by_id:
+        raise PermissionDenied(f"Job {job.pk} belongs to no model; only the user who started it may cancel it.")
     if job.is_finished:
         raise Conflict(f"Job {job.pk} has already {job.status}; there is nothing to cancel.")
     job.cancel_requested = True
@@ -118,9 +127,7 @@ def cancel_job(*, job: Job, actor) -> Job:
 def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
                        skip_modules: list[str], actor) -> Job:
     """Check a quantization request against the source version and queue it."""
-    # Pipelines import torch: loaded on the first request that needs them, not when the web process starts.
-    from workers.pipelines.quantize import QuantizeSpec, is_skipped, validate_quantize_spec
-
+    require_team_member(actor=actor, model=version.model)
     if not version.is_sealed:
         raise Conflict(f"{version} is a draft; seal it before quantizing.")
     if version.kind == ModelVersion.Kind.LORA:
@@ -151,9 +158,16 @@ def default_reference(version):
     return edge.parent_version if edge else None
 
 
+def request_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096, top_k: int = 5, actor):
+    """An ML engineer asks for an analysis of one of their team's versions (the API's and the admin's door)."""
+    require_team_member(actor=actor, model=candidate.model)
+    return start_analysis(candidate=candidate, reference=reference, dataset=dataset, max_tokens=max_tokens,
+                          top_k=top_k, actor=actor)
+
+
 def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096, top_k: int = 5, actor):
-    """Check an analysis request and queue it; returns the Analysis (its job is analysis.job)."""
-    from workers.pipelines.analysis import AnalysisSpec, validate_analysis_spec
+    """Check an analysis request and queue it; returns the Analysis (its job is analysis.job). Governance calls
+    this directly when gates need an analysis, on behalf of whoever moved the alias."""
 
     reference = reference or default_reference(candidate)
     if reference is None:
@@ -198,8 +212,7 @@ def record_analysis_result(*, analysis_id: int, result: dict, plots: list[dict])
 
 def start_lora_update(*, base, dataset, lora_settings: dict, actor) -> Job:
     """Check a LoRA update request against its base version and dataset and queue it."""
-    from workers.pipelines.lora import LoraSpec, validate_lora_spec
-
+    require_team_member(actor=actor, model=base.model)
     if not base.is_sealed:
         raise Conflict(f"{base} is a draft; seal it before training on it.")
     if base.kind == ModelVersion.Kind.LORA:
