@@ -1,15 +1,33 @@
-"""All settings come from the environment, with defaults that work on a local development machine."""
+"""All settings come from the environment, with defaults that work on a local machine and are safe to expose.
+
+DEBUG is off unless a developer turns it on. Secrets have no default: a deployment sets them (NAME or NAME_FILE);
+the local stack generates its own once into LOCAL_SECRETS_FILE (scripts/local_secrets.py, run by scripts/stack.sh).
+"""
 import os
 from pathlib import Path
 
-from config.env import database_from_url, env_bool, env_int, env_secret, env_str
+from config.env import database_from_url, env_bool, env_header, env_int, env_json, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_secret("SECRET_KEY", "dev-only-insecure-key-do-not-deploy" if DEBUG else None)
-ALLOWED_HOSTS = env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
-CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+DEBUG = env_bool("DEBUG", False)
+LOCAL_SECRETS_FILE = Path(env_str("LOCAL_SECRETS_FILE", str(BASE_DIR / ".var" / "secrets.json")))
+SECRET_KEY = env_secret("SECRET_KEY", generated_file=LOCAL_SECRETS_FILE)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS. The local stack serves plain HTTP on 127.0.0.1, so these are off by default; a deployment behind TLS
+# turns them on (README, Configuration). SECURE_PROXY_SSL_HEADER: the header the TLS-terminating proxy sets,
+# e.g. "X-Forwarded-Proto: https"; set it only when that proxy always overwrites the header.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers probe /healthz over plain HTTP from inside the network; a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -21,6 +39,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "foundation",
     "registry",
     "workers",
@@ -31,6 +50,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that whatever fails below it (an oversized body, too many fields, a control character in the
+    # request) is answered in the contract's error shape, and no request with a NUL byte reaches a view.
+    "foundation.http.ErrorShapeMiddleware",
+    "foundation.http.RejectControlCharactersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -42,6 +65,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+CSRF_FAILURE_VIEW = "foundation.http.csrf_failure"
 WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
@@ -87,36 +111,62 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 MAX_VERSION_FILE_BYTES = env_int("MAX_VERSION_FILE_BYTES", 200 * 1024**3)
 MAX_DATASET_BYTES = env_int("MAX_DATASET_BYTES", 512 * 1024**2)
+# Personal data in datasets: files up to this size are scanned while they are registered (the answer already
+# says clean or found); larger ones by a job. Phone numbers in national format are looked for in these regions
+# (comma-separated ISO codes; empty: mainland China and the EU countries, the scanner's default).
+PII_INLINE_SCAN_BYTES = env_int("PII_INLINE_SCAN_BYTES", 8 * 1024**2)
+PII_PHONE_REGIONS = env_list("PII_PHONE_REGIONS", "")
+# Extra patterns to report, as JSON {"type name": "regular expression"}, e.g. internal customer numbers.
+PII_CUSTOM_PATTERNS = env_json("PII_CUSTOM_PATTERNS", {})
 
 # Object storage (MinIO in docker-compose, SeaweedFS started by scripts/s3server.py elsewhere).
-S3_ENDPOINT = env_str("S3_ENDPOINT", "http://127.0.0.1:9000")
-S3_ACCESS_KEY = env_secret("S3_ACCESS_KEY", "registry-dev" if DEBUG else None)
-S3_SECRET_KEY = env_secret("S3_SECRET_KEY", "registry-dev-secret" if DEBUG else None)
-S3_BUCKET = env_str("S3_BUCKET", "registry")
-if DEBUG and not os.environ.get("S3_ENDPOINT"):
-    # Development convenience: `python manage.py ...` run by hand talks to the SeaweedFS server that
-    # scripts/s3server.py runs for this checkout, without exporting its variables first.
+_checkout_s3 = {}
+if not os.environ.get("S3_ENDPOINT"):
+    # Convenience on a checkout: `python manage.py ...` run by hand talks to the SeaweedFS server that
+    # scripts/s3server.py runs for it (.var/s3), with its generated credentials, without exporting anything.
+    # Only a server that is running and was started from this checkout's data dir is used.
     from scripts.s3server import STATE_FILE, default_data_dir, server_status
 
     if (default_data_dir() / STATE_FILE).exists():
-        _local_s3 = server_status()
-        if _local_s3["running"] and _local_s3["endpoint"]:
-            S3_ENDPOINT, S3_ACCESS_KEY, S3_SECRET_KEY = (
-                _local_s3["endpoint"], _local_s3["access_key"], _local_s3["secret_key"])
+        _status = server_status()
+        if _status["running"] and _status["endpoint"]:
+            _checkout_s3 = _status
+S3_ENDPOINT = env_str("S3_ENDPOINT", _checkout_s3.get("endpoint", "http://127.0.0.1:9000"))
+S3_ACCESS_KEY = env_secret("S3_ACCESS_KEY", _checkout_s3.get("access_key"))
+S3_SECRET_KEY = env_secret("S3_SECRET_KEY", _checkout_s3.get("secret_key"))
+S3_BUCKET = env_str("S3_BUCKET", "registry")
 S3_REGION = env_str("S3_REGION", "us-east-1")
 S3_PRESIGN_SECONDS = env_int("S3_PRESIGN_SECONDS", 300)
 S3_PART_SIZE = env_int("S3_PART_SIZE", 8 * 1024 * 1024)
 REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 1)
-REPORT_RETENTION_MODE = env_str("REPORT_RETENTION_MODE", "GOVERNANCE" if DEBUG else "COMPLIANCE")
+# COMPLIANCE: nobody, not even the bucket's owner, can shorten a report's or an audit anchor's retention. The
+# checkout's own SeaweedFS (scripts/stack.sh exports GOVERNANCE too) keeps GOVERNANCE, which lets a developer
+# delete what the demo and `make bench` leave behind (with the bypass header) instead of waiting out the retention.
+REPORT_RETENTION_MODE = env_str("REPORT_RETENTION_MODE", "GOVERNANCE" if _checkout_s3 else "COMPLIANCE")
 
 # Celery: Redis broker; results live in our Job rows, not in a result backend.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# Every Redis key of this deployment (queues, unacknowledged messages, broadcast channels) starts with this
+# prefix, so deployments that share one Redis, and the test suite beside a running stack, never take each
+# other's jobs. The default is the database's name: one database, one deployment.
+DEPLOYMENT_NAME = env_str("DEPLOYMENT_NAME", DATABASES["default"]["NAME"])
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "cpu"
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+                                   "global_keyprefix": f"{DEPLOYMENT_NAME}:"}
+# Beat runs inside the worker (`celery worker -B`, scripts/stack.sh and docker-compose.yml): one per deployment.
+CELERY_BEAT_SCHEDULE = {
+    # Re-enqueues jobs whose row says queued but whose broker message is gone (Redis lost it, or the commit
+    # that recorded the job and the send were split by a crash).
+    "reconcile-queued-jobs": {
+        "task": "workers.tasks.reconcile_queued_jobs",
+        "schedule": env_int("JOB_RECONCILE_SECONDS", 60),
+        "options": {"queue": "cpu"},
+    },
+}
 # Name of the queue for GPU work; empty means every job runs on the cpu queue.
 GPU_QUEUE = env_str("GPU_QUEUE", "")
 JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 6 * 3600)
@@ -131,12 +181,31 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "foundation.error_responses.exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "foundation.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM model registry and governance API",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The browsable docs load Swagger UI from this project's own static files, never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Models, versions and jobs all have a `kind` and a `status`: each enum gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "VersionKindEnum": "registry.models.ModelVersion.Kind",
+        "VersionStatusEnum": "registry.models.ModelVersion.Status",
+        "JobKindEnum": "workers.models.Job.Kind",
+        "JobStatusEnum": "workers.models.Job.Status",
+    },
+    # Every operation documents the error responses it can give, in the one error shape.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "foundation.api_schema.document_error_responses"],
 }
 
 # Signed reports (reports app). The organisation PKI lives in REPORT_PKI_DIR: root.pem (what regulators pin),
@@ -144,10 +213,10 @@ SPECTACULAR_SETTINGS = {
 # creates a development PKI there; production mounts its own three files there instead. One secret protects the
 # root key, the organisation's PKCS#12 and every approver's stored PKCS#12.
 REPORT_PKI_DIR = Path(env_str("REPORT_PKI_DIR", str(BASE_DIR / ".var" / "pki")))
-REPORT_PKI_PASSPHRASE = env_secret("REPORT_PKI_PASSPHRASE", "dev-only-report-pki-passphrase" if DEBUG else None)
-# Create the development PKI on first use instead of failing (never in production: a new root silently
-# invalidates what regulators pinned).
-REPORT_PKI_AUTO_CREATE = env_bool("REPORT_PKI_AUTO_CREATE", DEBUG)
+REPORT_PKI_PASSPHRASE = env_secret("REPORT_PKI_PASSPHRASE", generated_file=LOCAL_SECRETS_FILE)
+# Create the PKI on first use instead of failing: off by default, since a new root silently invalidates what
+# regulators pinned. The local stack runs `manage.py init_pki` when it starts; the test suite turns this on.
+REPORT_PKI_AUTO_CREATE = env_bool("REPORT_PKI_AUTO_CREATE", False)
 REPORT_ORGANISATION = env_str("REPORT_ORGANISATION", "Example Bank")
 # Where regulators' e-mails point to for the portal.
 REPORT_PORTAL_URL = env_str("REPORT_PORTAL_URL", "http://127.0.0.1:8000/portal/")

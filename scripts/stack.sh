@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The local stack: S3 server (SeaweedFS from the venv), gunicorn on 127.0.0.1:8000, a Celery worker.
+# The local stack: S3 server (SeaweedFS from the venv), gunicorn on 127.0.0.1:8000, a Celery worker with beat.
 # Usage: scripts/stack.sh up|down|status|demo|test|bench. Every command is idempotent.
+# DEBUG stays off unless you export DEBUG=1. Secrets are generated once into .var/secrets.json (0600) by
+# scripts/local_secrets.py; config/settings.py reads them from there for whichever is not exported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -13,6 +15,8 @@ export DATABASE_URL=${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/llm_reg
 export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}
 export WEB_HOST=${WEB_HOST:-127.0.0.1}
 export WEB_PORT=${WEB_PORT:-8000}
+# The checkout's SeaweedFS: GOVERNANCE retention, so what the demo and benchmarks store can be cleaned up.
+export REPORT_RETENTION_MODE=${REPORT_RETENTION_MODE:-GOVERNANCE}
 export PYTHONUNBUFFERED=1
 BASE_URL="http://$WEB_HOST:$WEB_PORT"
 
@@ -25,26 +29,32 @@ s3_env() {
   fi
 }
 
+# SECRET_KEY and REPORT_PKI_PASSPHRASE, generated on first start (prints the file's name, never a secret).
+ensure_secrets() { "$PY" scripts/local_secrets.py ensure; }
+
 up() {
+  ensure_secrets
   s3_env
   "$PY" scripts/ensure_database.py
   "$PY" manage.py migrate --noinput -v0
   "$PY" manage.py collectstatic --noinput -v0
-  "$PY" manage.py init_pki >/dev/null 2>&1 || true
+  # The PKI that signs reports (REPORT_PKI_AUTO_CREATE is off): created once, kept afterwards.
+  "$PY" manage.py init_pki >/dev/null
   if alive "$RUN/web.pid"; then
     echo "web already running (pid $(cat "$RUN/web.pid"))"
   else
-    "$ROOT/.venv/bin/gunicorn" config.wsgi:application --bind "$WEB_HOST:$WEB_PORT" --worker-class gthread \
-      --workers 2 --threads 8 --timeout 3600 --pid "$RUN/web.pid" --daemon \
-      --access-logfile "$LOG/web-access.log" --error-logfile "$LOG/web.log"
+    # Every gunicorn option but these lives in config/gunicorn.conf.py (keep-alive, worker recycling, timeouts).
+    "$ROOT/.venv/bin/gunicorn" -c config/gunicorn.conf.py --bind "$WEB_HOST:$WEB_PORT" --pid "$RUN/web.pid" \
+      --daemon --access-logfile "$LOG/web-access.log" --error-logfile "$LOG/web.log"
   fi
   if alive "$RUN/worker.pid"; then
     echo "worker already running (pid $(cat "$RUN/worker.pid"))"
   else
     local queues="cpu"
     [ -n "${GPU_QUEUE:-}" ] && queues="cpu,$GPU_QUEUE"
-    "$ROOT/.venv/bin/celery" -A config worker --queues "$queues" --concurrency 1 --loglevel INFO \
-      --pidfile "$RUN/worker.pid" --logfile "$LOG/worker.log" --detach
+    # -B: beat runs inside this one worker and sends the periodic tasks of CELERY_BEAT_SCHEDULE.
+    "$ROOT/.venv/bin/celery" -A config worker -B --schedule "$RUN/celerybeat-schedule" --queues "$queues" \
+      --concurrency 1 --loglevel INFO --pidfile "$RUN/worker.pid" --logfile "$LOG/worker.log" --detach
   fi
   for _ in $(seq 1 60); do
     if curl -fsS "$BASE_URL/healthz" >/dev/null 2>&1; then
@@ -86,6 +96,7 @@ status() {
 }
 
 demo() {
+  ensure_secrets
   s3_env
   "$PY" manage.py demo --base-url "$BASE_URL"
   echo
@@ -98,6 +109,7 @@ run_tests() {
 }
 
 bench() {
+  ensure_secrets
   s3_env
   local failed=0
   for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/report.py; do

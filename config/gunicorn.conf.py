@@ -1,0 +1,28 @@
+"""gunicorn settings of the web process, wherever it runs: scripts/stack.sh, the Docker image and
+tests/e2e/test_keepalive.py all start `gunicorn -c config/gunicorn.conf.py`, adding only where to listen (--bind)
+and, for the local stack, its pid and log files. Each value can be changed through the environment.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # gunicorn runs this file from .venv/bin
+
+from config.env import env_int  # noqa: E402
+
+wsgi_app = "config.wsgi:application"
+worker_class = "gthread"
+workers = env_int("WEB_WORKERS", 2)
+threads = env_int("WEB_THREADS", 8)
+# A request may stream a large weights file for as long as the network needs.
+timeout = env_int("WEB_TIMEOUT_SECONDS", 3600)
+# Idle keep-alive connections stay open longer than clients and proxies keep theirs (AWS ALB 60 s, nginx's
+# upstream keepalive_timeout 60 s), so the server is never the side that closes a connection the other side is
+# about to reuse. gunicorn's default of 2 s races a client that polls every 2 s and makes it see resets.
+keepalive = env_int("WEB_KEEPALIVE_SECONDS", 75)
+# Each worker is replaced after about this many requests (the jitter keeps workers from restarting together), so
+# slow memory growth never accumulates. A recycling worker stops accepting, finishes its in-flight requests
+# (for up to graceful_timeout: as long as an upload may take) and answers a request that arrives on one of its
+# kept-alive connections with "Connection: close"; the client's next request goes to another worker.
+max_requests = env_int("WEB_MAX_REQUESTS", 1000)
+max_requests_jitter = env_int("WEB_MAX_REQUESTS_JITTER", 100)
+graceful_timeout = env_int("WEB_GRACEFUL_TIMEOUT_SECONDS", timeout)
