@@ -230,10 +230,30 @@ class DatasetCreateForm(forms.ModelForm):
 @admin.register(Dataset)
 class DatasetAdmin(RoleAccessMixin, admin.ModelAdmin):
     form = DatasetCreateForm
-    list_display = ["id", "name", "purpose", "record_format", "records", "size", "sha256", "created_by",
-                    "created_at"]
-    list_filter = ["purpose"]
-    readonly_fields = ["name", "purpose", "record_format", "records", "size", "sha256", "created_by", "created_at"]
+    list_display = ["id", "name", "purpose", "record_format", "records", "pii_status", "redacted_from", "size",
+                    "sha256", "created_by", "created_at"]
+    list_filter = ["purpose", "pii_status"]
+    readonly_fields = ["name", "purpose", "record_format", "records", "size", "sha256", "pii_status", "pii_summary",
+                       "pii_exception", "redacted_from", "redaction", "findings", "created_by", "created_at"]
+
+    @admin.display(description="Personal data found")
+    def pii_summary(self, obj):
+        counts = {kind: count for kind, count in ((obj.pii or {}).get("counts") or {}).items() if count}
+        if obj.pii_status != Dataset.PiiStatus.FOUND:
+            return obj.get_pii_status_display()
+        return ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in counts.items())
+
+    @admin.display(description="Where (masked)")
+    def findings(self, obj):
+        rows = [format_html("<tr><td>line {}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                            f.record, f.field, f.type.replace("_", " "), f.masked)
+                for f in selectors.pii_findings(obj)[:50]]
+        if not rows:
+            return "none"
+        more = obj.pii_findings.count() - len(rows)
+        table = format_html("<table>{}</table>", format_html("".join(["{}"] * len(rows)), *rows))
+        return format_html("{}{}", table, f" and {more} more (GET /api/v1/datasets/{obj.pk}/pii-findings)"
+                           if more > 0 else "")
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []

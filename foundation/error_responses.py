@@ -11,8 +11,8 @@ from foundation import errors
 
 logger = logging.getLogger(__name__)
 
-DATABASE_LOST = ("The database connection was lost while handling the request; the change was not made. "
-                 "Retry the request.")
+DATABASE_LOST = ("The database could not complete the request (its connection was lost, or the change collided "
+                 "with a concurrent one); nothing was changed. Retry the request.")
 
 STATUS_BY_ERROR = {
     errors.InvalidInput: status.HTTP_400_BAD_REQUEST,

@@ -58,7 +58,7 @@ def set_policy(*, model: RegisteredModel, alias: str, values: dict, actor) -> di
     merged = {**before, **values}
     if merged["required_approvals"] < 1:
         raise InvalidInput("required_approvals must be at least 1.", field="required_approvals")
-    policy, _ = Policy.objects.select_for_update().get_or_create(
+    policy, _ = Policy.objects.select_for_update(no_key=True).get_or_create(
         model=model, alias=alias, defaults={**merged, "updated_by": actor})
     for field in POLICY_FIELDS:
         setattr(policy, field, merged[field])
@@ -200,7 +200,8 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
 @transaction.atomic
 def analysis_completed(*, analysis_id: int) -> None:
     """Requests waiting for this analysis get their gates."""
-    for request in (ChangeRequest.objects.select_for_update(of=("self",)).select_related("model", "from_version", "to_version")
+    for request in (ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
+                    .select_related("model", "from_version", "to_version")
                     .filter(analysis_id=analysis_id,
                             status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
         before = _snapshot(request)
@@ -214,7 +215,8 @@ def analysis_completed(*, analysis_id: int) -> None:
 
 @transaction.atomic
 def analysis_failed(*, analysis_id: int, error: str) -> None:
-    for request in ChangeRequest.objects.select_for_update(of=("self",)).select_related("model").filter(
+    for request in ChangeRequest.objects.select_for_update(of=("self",), no_key=True).select_related(
+            "model").filter(
             analysis_id=analysis_id, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE]):
         before = _snapshot(request)
         request.status = ChangeRequest.Status.BLOCKED
@@ -226,7 +228,8 @@ def analysis_failed(*, analysis_id: int, error: str) -> None:
 
 def _expire_if_due(request_id: int) -> None:
     with transaction.atomic():
-        request = ChangeRequest.objects.select_for_update(of=("self",)).select_related("model").get(pk=request_id)
+        request = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True).select_related("model")
+                   .get(pk=request_id))
         if request.status in ChangeRequest.OPEN and request.expires_at <= timezone.now():
             before = _snapshot(request)
             request.status = ChangeRequest.Status.EXPIRED
@@ -244,7 +247,7 @@ def decide(*, change_request: ChangeRequest, actor, decision: str, comment: str)
         raise PermissionDenied("Deciding a change request needs the approver role.")
     _expire_if_due(change_request.pk)
     with transaction.atomic():
-        request = (ChangeRequest.objects.select_for_update(of=("self",))
+        request = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
                    .select_related("model", "to_version", "from_version").get(pk=change_request.pk))
         if actor.pk == request.requested_by_id:
             raise PermissionDenied("You opened this change request; someone else must decide it (four eyes).")
@@ -261,7 +264,8 @@ def decide(*, change_request: ChangeRequest, actor, decision: str, comment: str)
                                         comment=comment or "", round=request.round)
         except IntegrityError:
             raise Conflict("You have already decided this change request.") from None
-        append_event(actor=actor, action=f"change_request.{decision}d", object_type="change_request",
+        verdict = "approved" if decision == Decision.Verdict.APPROVE else "rejected"
+        append_event(actor=actor, action=f"change_request.{verdict}", object_type="change_request",
                      object_id=request.pk, model_name=request.model.name, after={"comment": comment or "",
                                                                                "round": request.round})
         if decision == Decision.Verdict.REJECT:
@@ -277,7 +281,7 @@ def decide(*, change_request: ChangeRequest, actor, decision: str, comment: str)
 
 
 def _deploy(request: ChangeRequest, actor) -> None:
-    alias = Alias.objects.select_for_update().get(model=request.model, name=request.alias)
+    alias = Alias.objects.select_for_update(no_key=True).get(model=request.model, name=request.alias)
     if alias.version_id != (request.from_version.pk if request.from_version else None):
         # The alias moved since the gates were computed (should have been marked stale): never deploy blind.
         raise Conflict("The alias moved since this request was gated; it is being re-analysed.")
@@ -312,7 +316,8 @@ def _move_alias(alias: Alias, *, to_version: ModelVersion, kind: str, actor, rea
 
 def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
     """Pending requests for an alias that just moved were gated against the old version: re-gate them."""
-    others = (ChangeRequest.objects.select_for_update(of=("self",)).select_related("model", "to_version")
+    others = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
+              .select_related("model", "to_version")
               .filter(model=alias.model, alias=alias.name, status__in=ChangeRequest.OPEN).exclude(pk=exclude))
     for request in others:
         before = _snapshot(request)
@@ -342,7 +347,8 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
     if not (reason or "").strip():
         raise InvalidInput("Give a reason for the rollback.", field="reason")
     with transaction.atomic():
-        alias_row = Alias.objects.select_for_update(of=("self",)).select_related("model", "version").filter(
+        alias_row = Alias.objects.select_for_update(of=("self",), no_key=True).select_related(
+            "model", "version").filter(
             model=model, name=alias).first()
         if alias_row is None or alias_row.version is None:
             raise Conflict(f"{model.name}@{alias} has never been deployed; there is nothing to roll back.")

@@ -9,9 +9,10 @@ from rest_framework.views import APIView
 
 from foundation.errors import InvalidInput
 from foundation.pagination import filter_parameter, list_parameters, paginated_response
-from foundation.permissions import EngineerWrites
+from foundation.permissions import EngineerWrites, role_permission
+from foundation.roles import ML_ENGINEER, REGULATOR
 from registry import selectors, services
-from registry.models import Dataset, ModelVersion, RegisteredModel, VersionFile
+from registry.models import Dataset, DatasetPiiFinding, ModelVersion, RegisteredModel, VersionFile
 from registry.validation import validate_file_path
 
 
@@ -87,10 +88,29 @@ class DatasetCreateSerializer(serializers.Serializer):
 
 class DatasetSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
+    pii = serializers.SerializerMethodField()
 
     class Meta:
         model = Dataset
-        fields = ["id", "name", "purpose", "sha256", "records", "size", "record_format", "created_by", "created_at"]
+        fields = ["id", "name", "purpose", "sha256", "records", "size", "record_format", "pii", "redacted_from",
+                  "redaction", "created_by", "created_at"]
+
+    def get_pii(self, dataset) -> dict:
+        summary = dataset.pii or {}
+        return {"status": dataset.pii_status, "counts": summary.get("counts", {}),
+                "scanned_records": summary.get("scanned_records"), "records_with_pii": summary.get("records_with_pii"),
+                "engine": summary.get("engine"), "findings_truncated": summary.get("findings_truncated", False),
+                "error": summary.get("error"), "exception": dataset.pii_exception}
+
+
+class PiiFindingSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetPiiFinding
+        fields = ["record", "field", "type", "start", "end", "masked"]
+
+
+class PiiExceptionSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=20_000)
 
 
 
@@ -218,6 +238,31 @@ class DatasetListView(APIView):
             uploaded_file=payload.validated_data["file"], actor=request.user,
         )
         return Response(DatasetSerializer(dataset).data, status=status.HTTP_201_CREATED)
+
+
+class PiiFindingsView(APIView):
+    """Where a dataset holds personal data (masked values only): for ML engineers and regulators."""
+
+    permission_classes = [role_permission(read_roles=(ML_ENGINEER, REGULATOR))]
+
+    @extend_schema(responses=PiiFindingSerializer(many=True), operation_id="datasets_pii_findings_list",
+                   parameters=list_parameters(filter_parameter("type", "Only findings of this type.")))
+    def get(self, request, dataset_id):
+        findings = selectors.pii_findings(selectors.get_dataset(dataset_id), kind=request.query_params.get("type"))
+        return paginated_response(request, findings, ordering=("pk",),
+                                  serialize=lambda page: PiiFindingSerializer(page, many=True).data)
+
+
+class PiiExceptionView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request=PiiExceptionSerializer, responses=DatasetSerializer)
+    def post(self, request, dataset_id):
+        payload = PiiExceptionSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        dataset = services.record_pii_exception(dataset=selectors.get_dataset(dataset_id),
+                                                reason=payload.validated_data["reason"], actor=request.user)
+        return Response(DatasetSerializer(dataset).data)
 
 
 class DatasetDetailView(APIView):

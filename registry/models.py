@@ -115,6 +115,12 @@ class Dataset(models.Model):
         EVALUATION = "evaluation"
         TRAINING = "training"
 
+    class PiiStatus(models.TextChoices):
+        SCANNING = "scanning"
+        CLEAN = "clean"
+        FOUND = "found"
+        FAILED = "failed"
+
     name = models.CharField(max_length=200)
     purpose = models.CharField(max_length=16, choices=Purpose.choices)
     sha256 = models.CharField(max_length=64)
@@ -124,6 +130,16 @@ class Dataset(models.Model):
     record_format = models.CharField(max_length=32)
     object_key = models.CharField(max_length=1024)
     storage_version_id = models.CharField(max_length=256, blank=True)
+    # Personal data: set by the scan that runs at registration (inline for small files, a job for large ones).
+    pii_status = models.CharField(max_length=16, choices=PiiStatus.choices, default=PiiStatus.SCANNING)
+    # {counts: {type: n}, scanned_records, records_with_pii, engine: {...}, findings_truncated, error?}
+    pii = models.JSONField(null=True, blank=True)
+    # A superuser's recorded decision to use a dataset with findings anyway: {reason, by, at}.
+    pii_exception = models.JSONField(null=True, blank=True)
+    redacted_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="redactions")
+    # How it was redacted from `redacted_from`: {strategy, types, counts, dropped_records}.
+    redaction = models.JSONField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -132,6 +148,25 @@ class Dataset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.purpose})"
+
+    @property
+    def has_unexcused_pii(self) -> bool:
+        return self.pii_status == self.PiiStatus.FOUND and not self.pii_exception
+
+
+class DatasetPiiFinding(models.Model):
+    """Where a scan found personal data; `masked` never holds the full value."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="pii_findings")
+    record = models.PositiveIntegerField()  # 1-based line number
+    field = models.CharField(max_length=500)
+    type = models.CharField(max_length=64)
+    start = models.PositiveIntegerField()
+    end = models.PositiveIntegerField()
+    masked = models.CharField(max_length=300)
+
+    class Meta:
+        ordering = ["record", "start", "pk"]
 
 
 class LineageEdge(models.Model):

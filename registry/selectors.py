@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 
 from foundation import storage
 from foundation.errors import NotFound
-from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel
+from registry.models import Dataset, DatasetPiiFinding, LineageEdge, ModelVersion, RegisteredModel
 
 
 def models() -> QuerySet[RegisteredModel]:
@@ -39,6 +39,11 @@ def get_dataset(dataset_id) -> Dataset:
         raise NotFound(f"No dataset with id {dataset_id!r}.") from None
 
 
+def pii_findings(dataset: Dataset, *, kind: str | None = None) -> QuerySet[DatasetPiiFinding]:
+    findings = dataset.pii_findings.all()
+    return findings.filter(type=kind) if kind else findings
+
+
 def file_download_url(version: ModelVersion, path: str) -> str:
     """A short-lived URL that downloads one file of a version straight from object storage."""
     version_file = version.files.filter(path=path).first()
@@ -66,7 +71,9 @@ def _version_node(version: ModelVersion) -> dict:
 
 def _dataset_node(dataset: Dataset) -> dict:
     return {"id": f"dataset:{dataset.pk}", "type": "dataset", "dataset": dataset.pk, "name": dataset.name,
-            "purpose": dataset.purpose, "sha256": dataset.sha256}
+            "purpose": dataset.purpose, "sha256": dataset.sha256, "pii_status": dataset.pii_status,
+            "pii_counts": {k: v for k, v in ((dataset.pii or {}).get("counts") or {}).items() if v},
+            "redacted_from": dataset.redacted_from_id}
 
 
 def lineage(version: ModelVersion) -> dict:
@@ -82,6 +89,17 @@ def lineage(version: ModelVersion) -> dict:
         nodes.setdefault(parent_node["id"], parent_node)
         nodes.setdefault(child_node["id"], child_node)
         edges[edge.pk] = {"parent": parent_node["id"], "child": child_node["id"], "relation": edge.relation}
+        if edge.parent_dataset:
+            record_redactions(edge.parent_dataset)
+
+    def record_redactions(dataset: Dataset) -> None:
+        """A redacted dataset's originals: nodes and `redacted_from` edges up to the first unredacted one."""
+        while dataset.redacted_from_id:
+            original = dataset.redacted_from
+            nodes.setdefault(f"dataset:{original.pk}", _dataset_node(original))
+            edges[f"redaction:{dataset.pk}"] = {"parent": f"dataset:{original.pk}", "child": f"dataset:{dataset.pk}",
+                                                "relation": "redacted_from"}
+            dataset = original
 
     # Ancestors: walk parent edges upwards.
     frontier = deque([version.pk])

@@ -11,8 +11,17 @@ from django.utils import timezone
 
 from foundation import storage
 from foundation.audit import append_event
-from foundation.errors import Conflict, InvalidInput, TooLarge, Unprocessable
-from registry.models import Dataset, LineageEdge, ModelVersion, RegisteredModel, VersionFile, model_name_validator
+from foundation.errors import Conflict, InvalidInput, PermissionDenied, TooLarge, Unprocessable
+from registry import signals
+from registry.models import (
+    Dataset,
+    DatasetPiiFinding,
+    LineageEdge,
+    ModelVersion,
+    RegisteredModel,
+    VersionFile,
+    model_name_validator,
+)
 from registry.teams import require_team_member, team_for_new_model
 from registry.validation import (
     MAX_JSON_FILE_BYTES,
@@ -56,7 +65,7 @@ def create_model(*, name: str, description: str, actor, team: str | None = None)
 
 def _allocate_version(*, model: RegisteredModel, actor, kind: str, description: str,
                       source_job=None) -> ModelVersion:
-    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    locked = RegisteredModel.objects.select_for_update(no_key=True).get(pk=model.pk)
     locked.last_version_number += 1
     locked.save(update_fields=["last_version_number"])
     return ModelVersion.objects.create(model=locked, number=locked.last_version_number, kind=kind,
@@ -113,7 +122,8 @@ def upload_version_file(*, version: ModelVersion, path: str, stream, content_len
 
 @transaction.atomic
 def _record_uploaded_file(*, version_id: int, path: str, stored: storage.StoredObject, actor):
-    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
+    version = (ModelVersion.objects.select_for_update(of=("self",), no_key=True).select_related("model")
+               .get(pk=version_id))
     if version.status != ModelVersion.Status.DRAFT:
         raise Conflict(f"{version} was sealed while {path} was uploading; the file was not added.")
     existing = VersionFile.objects.filter(version=version, path=path).first()
@@ -178,7 +188,8 @@ def check_version_contents(*, kind: str, files: list[tuple[str, int]], read_rang
 @transaction.atomic
 def seal_version(*, version: ModelVersion, actor) -> ModelVersion:
     """Validate a draft's files and freeze it: status ready, manifest digest recorded, immutable from now on."""
-    version = ModelVersion.objects.select_for_update().select_related("model__team").get(pk=version.pk)
+    version = (ModelVersion.objects.select_for_update(of=("self",), no_key=True).select_related("model__team")
+               .get(pk=version.pk))
     require_team_member(actor=actor, model=version.model)
     if version.status != ModelVersion.Status.DRAFT:
         raise Conflict(f"{version} is already sealed.")
@@ -207,8 +218,10 @@ def seal_version(*, version: ModelVersion, actor) -> ModelVersion:
     return version
 
 
-def register_dataset(*, name: str, purpose: str, uploaded_file, actor) -> Dataset:
-    """Validate a JSONL dataset line by line, store it, and record it; a bad line stores nothing."""
+def register_dataset(*, name: str, purpose: str, uploaded_file, actor, redacted_from: Dataset | None = None,
+                     redaction: dict | None = None) -> Dataset:
+    """Validate a JSONL dataset line by line, store it, and record it; a bad line stores nothing. Its scan for
+    personal data starts in the same transaction (registry.signals.dataset_registered)."""
     if purpose not in Dataset.Purpose.values:
         raise InvalidInput(f"Purpose {purpose!r} is not one of {', '.join(Dataset.Purpose.values)}.",
                            field="purpose")
@@ -234,14 +247,62 @@ def register_dataset(*, name: str, purpose: str, uploaded_file, actor) -> Datase
             dataset = Dataset.objects.create(
                 name=name, purpose=purpose, sha256=digest.hexdigest(), records=summary.records, size=stored.size,
                 record_format=summary.record_format, object_key=stored.key, storage_version_id=stored.version_id,
-                created_by=actor,
+                redacted_from=redacted_from, redaction=redaction, created_by=actor,
             )
             append_event(actor=actor, action="dataset.registered", object_type="dataset", object_id=dataset.pk,
                          after={"name": name, "purpose": purpose, "sha256": dataset.sha256,
-                                "records": summary.records})
+                                "records": summary.records,
+                                "redacted_from": redacted_from.pk if redacted_from else None,
+                                "redaction": redaction})
+            signals.dataset_registered.send(sender=Dataset, dataset_id=dataset.pk)
     except BaseException:
         storage.remove(stored.key, version_id=stored.version_id)
         raise
+    dataset.refresh_from_db()  # the scan that ran inside the transaction wrote its result to the row
+    return dataset
+
+
+@transaction.atomic
+def record_pii_scan(*, dataset_id: int, summary: dict, findings: list[dict]) -> Dataset:
+    """Store a dataset's PII scan: its status (clean or found), counts, and where each finding is (masked)."""
+    dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset_id)
+    before = {"pii_status": dataset.pii_status}
+    DatasetPiiFinding.objects.filter(dataset=dataset).delete()  # a rerun replaces the earlier scan's findings
+    DatasetPiiFinding.objects.bulk_create(DatasetPiiFinding(dataset=dataset, **finding) for finding in findings)
+    dataset.pii_status = summary["status"]
+    dataset.pii = {key: value for key, value in summary.items() if key != "status"}
+    dataset.save(update_fields=["pii_status", "pii"])
+    append_event(actor=None, action="dataset.pii_scanned", object_type="dataset", object_id=dataset.pk,
+                 before=before, after={"pii_status": dataset.pii_status, "counts": summary.get("counts"),
+                                       "scanned_records": summary.get("scanned_records")})
+    return dataset
+
+
+@transaction.atomic
+def record_pii_scan_failure(*, dataset_id: int, error: str) -> None:
+    dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset_id)
+    dataset.pii_status, dataset.pii = Dataset.PiiStatus.FAILED, {"error": error}
+    dataset.save(update_fields=["pii_status", "pii"])
+    append_event(actor=None, action="dataset.pii_scan_failed", object_type="dataset", object_id=dataset.pk,
+                 after={"error": error})
+
+
+@transaction.atomic
+def record_pii_exception(*, dataset: Dataset, reason: str, actor) -> Dataset:
+    """A superuser allows a dataset with PII findings to be used anyway, with a reason (audited)."""
+    if not actor.is_superuser:
+        raise PermissionDenied("Only superusers may record an exception for a dataset with personal data.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Give the reason for using this dataset despite its PII findings.", field="reason")
+    dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
+    if dataset.pii_status != Dataset.PiiStatus.FOUND:
+        raise Conflict(f"Dataset {dataset.pk} is {dataset.pii_status}; an exception is only for datasets with "
+                       "PII findings.")
+    dataset.pii_exception = {"reason": reason, "by": actor.username, "at": timezone.now().isoformat()}
+    dataset.save(update_fields=["pii_exception"])
+    append_event(actor=actor, action="dataset.pii_exception", object_type="dataset", object_id=dataset.pk,
+                 after={"reason": reason, "counts": (dataset.pii or {}).get("counts")})
     return dataset
 
 
@@ -272,7 +333,7 @@ def register_derived_version(*, parent: ModelVersion, job, local_dir: Path, kind
     )
     stored = {path: storage.put_file(f"jobs/{job.pk}/{path}", p) for path, p in relative}
     with transaction.atomic():
-        existing = ModelVersion.objects.select_for_update().filter(source_job=job).first()
+        existing = ModelVersion.objects.select_for_update(no_key=True).filter(source_job=job).first()
         if existing:
             return existing
         version = _allocate_version(model=parent.model, actor=actor, kind=kind, description=description,

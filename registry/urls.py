@@ -13,4 +13,6 @@ urlpatterns = [
     path("models/<str:name>/versions/<int:number>/lineage", api.LineageView.as_view(), name="version-lineage"),
     path("datasets/", api.DatasetListView.as_view(), name="dataset-list"),
     path("datasets/<int:dataset_id>/", api.DatasetDetailView.as_view(), name="dataset-detail"),
+    path("datasets/<int:dataset_id>/pii-findings", api.PiiFindingsView.as_view(), name="dataset-pii-findings"),
+    path("datasets/<int:dataset_id>/pii-exception", api.PiiExceptionView.as_view(), name="dataset-pii-exception"),
 ]

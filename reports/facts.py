@@ -255,9 +255,23 @@ def _version_with_files(version: ModelVersion) -> dict:
 
 
 def _dataset_row(dataset: Dataset, *, use: str) -> dict:
+    counts = {kind: count for kind, count in ((dataset.pii or {}).get("counts") or {}).items() if count}
     return {"id": dataset.pk, "name": dataset.name, "purpose": dataset.purpose, "use": use,
             "sha256": dataset.sha256, "records": dataset.records, "size": dataset.size,
-            "storage_version_id": dataset.storage_version_id}
+            "storage_version_id": dataset.storage_version_id,
+            "pii_status": dataset.pii_status, "pii_counts": counts, "pii_exception": dataset.pii_exception,
+            "redaction_lineage": _redaction_lineage(dataset)}
+
+
+def _redaction_lineage(dataset: Dataset) -> list[dict]:
+    """The datasets this one was redacted from, nearest first, with how each step redacted."""
+    chain = []
+    while dataset.redacted_from_id:
+        original = dataset.redacted_from
+        chain.append({"id": original.pk, "name": original.name, "sha256": original.sha256,
+                      "pii_status": original.pii_status, "strategy": (dataset.redaction or {}).get("strategy")})
+        dataset = original
+    return chain
 
 
 def _deployment_facts(model_id: int, alias: str, version: ModelVersion) -> dict:

@@ -9,8 +9,10 @@ from rest_framework.views import APIView
 from foundation.pagination import filter_parameter, list_parameters, paginated_response
 from foundation.permissions import EngineerWrites
 from registry import selectors
+from registry.api import DatasetSerializer
 from workers import services
 from workers.models import Job
+from workers.pipelines import pii
 from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 from workers.selectors import analysis_plot_url, get_analysis, get_job, jobs
 
@@ -166,3 +168,36 @@ class LoraUpdateView(APIView):
         job = services.start_lora_update(base=selectors.get_version(name, number), dataset=dataset,
                                          lora_settings=lora_settings, actor=request.user)
         return Response({"job": job.pk, **JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)
+
+
+class RedactionRequestSerializer(serializers.Serializer):
+    strategy = serializers.ChoiceField(choices=pii.STRATEGIES)
+    types = serializers.ListField(child=serializers.CharField(max_length=100), required=False, allow_empty=False,
+                                  help_text="Only these PII types (default: every type the scan looks for).")
+
+
+class DatasetRedactView(APIView):
+    """Register a redacted copy of a dataset (scanned again); the original stays as it was."""
+
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(request=RedactionRequestSerializer, responses={201: DatasetSerializer})
+    def post(self, request, dataset_id):
+        payload = RedactionRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        redacted = services.redact_dataset(dataset=selectors.get_dataset(dataset_id),
+                                           strategy=payload.validated_data["strategy"],
+                                           types=payload.validated_data.get("types"), actor=request.user)
+        return Response(DatasetSerializer(selectors.get_dataset(redacted.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailAliasView(JobDetailView):
+    """The same resource with a trailing slash; documented once, under the URL without it."""
+
+    schema = None
+
+
+class AnalysisDetailAliasView(AnalysisDetailView):
+    """The same resource with a trailing slash; documented once, under the URL without it."""
+
+    schema = None

@@ -125,8 +125,18 @@ def execute_lora(*, job, workdir: Path, report) -> dict:
     return {"model": version.model.name, "version": version.number}
 
 
+def execute_pii_scan(*, job, workdir: Path, report) -> dict:
+    dataset = Dataset.objects.get(pk=job.params["dataset"])
+    report(2, f"Downloading dataset {dataset.name}")
+    path = workdir / "dataset.jsonl"
+    storage.download_to(dataset.object_key, path, version_id=dataset.storage_version_id)
+    return services.scan_dataset_file(dataset_id=dataset.pk, path=path,
+                                      report=lambda percent, message: report(5 + int(percent * 0.9), message))
+
+
 EXECUTORS = {
     Job.Kind.QUANTIZE: execute_quantize,
     Job.Kind.ANALYSIS: execute_analysis,
     Job.Kind.LORA: execute_lora,
+    Job.Kind.PII_SCAN: execute_pii_scan,
 }

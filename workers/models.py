@@ -10,6 +10,7 @@ class Job(models.Model):
         ANALYSIS = "analysis"
         LORA = "lora"
         REPORT = "report"
+        PII_SCAN = "pii_scan"
 
     class Status(models.TextChoices):
         QUEUED = "queued"

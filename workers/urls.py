@@ -7,10 +7,11 @@ urlpatterns = [
     path("models/<str:name>/versions/<int:number>/analyses", api.AnalysisStartView.as_view(), name="version-analyse"),
     path("models/<str:name>/versions/<int:number>/lora-updates", api.LoraUpdateView.as_view(), name="version-lora"),
     path("analyses/<int:analysis_id>", api.AnalysisDetailView.as_view(), name="analysis-detail"),
-    path("analyses/<int:analysis_id>/", api.AnalysisDetailView.as_view()),
+    path("analyses/<int:analysis_id>/", api.AnalysisDetailAliasView.as_view()),
     path("analyses/<int:analysis_id>/plots/<str:plot>", api.AnalysisPlotView.as_view(), name="analysis-plot"),
+    path("datasets/<int:dataset_id>/redact", api.DatasetRedactView.as_view(), name="dataset-redact"),
     path("jobs/", api.JobListView.as_view(), name="job-list"),
     path("jobs/<int:job_id>", api.JobDetailView.as_view(), name="job-detail"),
-    path("jobs/<int:job_id>/", api.JobDetailView.as_view()),
+    path("jobs/<int:job_id>/", api.JobDetailAliasView.as_view()),
     path("jobs/<int:job_id>/cancel", api.JobCancelView.as_view(), name="job-cancel"),
 ]

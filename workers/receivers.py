@@ -1,0 +1,11 @@
+"""The worker side listens to the registry's announcements (connected in WorkersConfig.ready)."""
+from registry import signals
+from workers import services
+
+
+def on_dataset_registered(sender, *, dataset_id: int, **_):
+    services.scan_dataset_on_registration(dataset_id=dataset_id)
+
+
+def connect() -> None:
+    signals.dataset_registered.connect(on_dataset_registered, dispatch_uid="workers.dataset_registered")
