@@ -112,7 +112,8 @@ bench() {
   ensure_secrets
   s3_env
   local failed=0
-  for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/report.py; do
+  for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/report.py \
+      bench/load.py bench/pii.py bench/evaluation.py; do
     [ -f "$script" ] || continue
     echo "== $script"
     "$PY" "$script" || failed=1
