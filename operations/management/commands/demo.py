@@ -142,8 +142,9 @@ class Command(BaseCommand):
             datasets[purpose] = services.register_dataset(
                 name=f"demo-{purpose}", purpose=purpose, actor=engineer,
                 uploaded_file=SimpleUploadedFile(f"{purpose}.jsonl", content.encode()))
-            self.stdout.write(f"Registered dataset {datasets[purpose].pk} ({purpose}, "
-                              f"{datasets[purpose].records} records, sha256 {datasets[purpose].sha256[:16]}...)")
+            dataset = datasets[purpose]
+            self.stdout.write(f"Registered dataset {dataset.pk} ({purpose}, {dataset.records} records, sha256 "
+                              f"{dataset.sha256[:16]}..., personal data: {dataset.pii_status})")
         return datasets
 
     def _lora_update(self, version, dataset, engineer, timeout: int) -> dict:
