@@ -236,6 +236,9 @@ class DatasetAdmin(RoleAccessMixin, admin.ModelAdmin):
     readonly_fields = ["name", "purpose", "record_format", "records", "size", "sha256", "pii_status", "pii_summary",
                        "pii_exception", "redacted_from", "redaction", "findings", "created_by", "created_at"]
 
+    def get_fields(self, request, obj=None):
+        return self.readonly_fields if obj else ["name", "purpose", "file"]
+
     @admin.display(description="Personal data found")
     def pii_summary(self, obj):
         counts = {kind: count for kind, count in ((obj.pii or {}).get("counts") or {}).items() if count}

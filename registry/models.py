@@ -131,11 +131,11 @@ class Dataset(models.Model):
     object_key = models.CharField(max_length=1024)
     storage_version_id = models.CharField(max_length=256, blank=True)
     # Personal data: set by the scan that runs at registration (inline for small files, a job for large ones).
-    pii_status = models.CharField(max_length=16, choices=PiiStatus.choices, default=PiiStatus.SCANNING)
+    pii_status = models.CharField("PII status", max_length=16, choices=PiiStatus.choices, default=PiiStatus.SCANNING)
     # {counts: {type: n}, scanned_records, records_with_pii, engine: {...}, findings_truncated, error?}
     pii = models.JSONField(null=True, blank=True)
     # A superuser's recorded decision to use a dataset with findings anyway: {reason, by, at}.
-    pii_exception = models.JSONField(null=True, blank=True)
+    pii_exception = models.JSONField("PII exception", null=True, blank=True)
     redacted_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
                                       related_name="redactions")
     # How it was redacted from `redacted_from`: {strategy, types, counts, dropped_records}.

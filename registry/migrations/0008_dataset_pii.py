@@ -19,12 +19,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='dataset',
             name='pii_exception',
-            field=models.JSONField(blank=True, null=True),
+            field=models.JSONField(blank=True, null=True, verbose_name='PII exception'),
         ),
         migrations.AddField(
             model_name='dataset',
             name='pii_status',
-            field=models.CharField(choices=[('scanning', 'Scanning'), ('clean', 'Clean'), ('found', 'Found'), ('failed', 'Failed')], default='scanning', max_length=16),
+            field=models.CharField(choices=[('scanning', 'Scanning'), ('clean', 'Clean'), ('found', 'Found'), ('failed', 'Failed')], default='scanning', max_length=16, verbose_name='PII status'),
         ),
         migrations.AddField(
             model_name='dataset',
