@@ -38,6 +38,61 @@ PARAMETER_SCHEMAS = {
 }
 
 
+# OpenAPI links from what a write answers to the operations that use it, so clients (and stateful fuzzing)
+# can follow a model from its creation through versions, seals, jobs and change requests.
+_NAME = "$response.body#/name"
+_MODEL_VERSION = {"name": "$response.body#/model", "number": "$response.body#/number"}
+LINKS = {
+    ("v1_models_create", "201"): {
+        "GetModel": ("v1_models_retrieve", {"name": _NAME}),
+        "CreateVersion": ("v1_models_versions_create", {"name": _NAME}),
+        "ListVersions": ("models_versions_list", {"name": _NAME}),
+        "ListAliases": ("models_aliases_list", {"name": _NAME}),
+    },
+    ("v1_models_versions_create", "201"): {
+        "GetVersion": ("v1_models_versions_retrieve", _MODEL_VERSION),
+        "SealVersion": ("v1_models_versions_seal_create", _MODEL_VERSION),
+        "GetLineage": ("v1_models_versions_lineage_retrieve", _MODEL_VERSION),
+    },
+    ("v1_models_versions_seal_create", "200"): {
+        "Quantize": ("v1_models_versions_quantize_create", _MODEL_VERSION),
+        "GetSealedVersion": ("v1_models_versions_retrieve", _MODEL_VERSION),
+    },
+    ("v1_models_versions_quantize_create", "202"): {
+        "GetJob": ("v1_jobs_retrieve", {"job_id": "$response.body#/job"}),
+        "CancelJob": ("v1_jobs_cancel_create", {"job_id": "$response.body#/job"}),
+    },
+    ("v1_models_versions_lora_updates_create", "202"): {
+        "GetLoraJob": ("v1_jobs_retrieve", {"job_id": "$response.body#/job"}),
+    },
+    ("v1_models_versions_analyses_create", "202"): {
+        "GetAnalysis": ("v1_analyses_retrieve", {"analysis_id": "$response.body#/analysis"}),
+        "GetAnalysisJob": ("v1_jobs_retrieve", {"job_id": "$response.body#/job"}),
+    },
+    ("v1_change_requests_create", "201"): {
+        "GetChangeRequest": ("v1_change_requests_retrieve", {"request_id": "$response.body#/id"}),
+        "Decide": ("v1_change_requests_decisions_create", {"request_id": "$response.body#/id"}),
+    },
+    ("v1_datasets_create", "201"): {
+        "GetDataset": ("v1_datasets_retrieve", {"dataset_id": "$response.body#/id"}),
+        "ListPiiFindings": ("datasets_pii_findings_list", {"dataset_id": "$response.body#/id"}),
+        "Redact": ("v1_datasets_redact_create", {"dataset_id": "$response.body#/id"}),
+    },
+}
+
+
+def _add_links(result) -> None:
+    operations = {operation.get("operationId"): operation
+                  for path_item in result.get("paths", {}).values()
+                  for method, operation in path_item.items() if method in _HTTP_METHODS}
+    for (source, status), links in LINKS.items():
+        response = operations.get(source, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        response["links"] = {name: {"operationId": target, "parameters": parameters}
+                             for name, (target, parameters) in links.items() if target in operations}
+
+
 def document_error_responses(result, generator, request, public):
     schemas = result.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = ERROR_SCHEMA
@@ -60,4 +115,5 @@ def document_error_responses(result, generator, request, public):
                 responses["200"].setdefault("headers", {})["Link"] = {
                     "description": 'The next page, as <url>; rel="next", while more rows exist.',
                     "schema": {"type": "string"}}
+    _add_links(result)
     return result
