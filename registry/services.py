@@ -26,7 +26,9 @@ from registry.teams import require_team_member, team_for_new_model
 from registry.validation import (
     MAX_JSON_FILE_BYTES,
     SAFETENSORS_SUFFIX,
+    check_shard_index,
     is_pickle_path,
+    is_shard_index_path,
     parse_json_file,
     parse_safetensors_header,
     pickle_refusal,
@@ -179,10 +181,14 @@ def check_version_contents(*, kind: str, files: list[tuple[str, int]], read_rang
                                     field="files")
             if path in (config_name,):
                 parse_json_file(path, read_all(path))
-    return {
+    tensors_by_path = {
         path: parse_safetensors_header(path, size, lambda offset, length, p=path: read_range(p, offset, length))
         for path, size in weights
     }
+    for path in paths:
+        if is_shard_index_path(path):
+            check_shard_index(path, parse_json_file(path, read_all(path)), tensors_by_path)
+    return tensors_by_path
 
 
 @transaction.atomic

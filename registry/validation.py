@@ -191,3 +191,75 @@ def validate_jsonl_dataset(lines: Iterable[bytes], purpose: str) -> DatasetSumma
     if records == 0:
         raise Unprocessable("The dataset has no records; upload at least one JSON line.", field="file")
     return DatasetSummary(records=records, record_format=seen_format)
+
+
+SHARD_INDEX_SUFFIX = SAFETENSORS_SUFFIX + ".index.json"
+
+
+def is_shard_index_path(path: str) -> bool:
+    """model.safetensors.index.json, adapter_model.safetensors.index.json: the map of a sharded checkpoint."""
+    return path.endswith(SHARD_INDEX_SUFFIX)
+
+
+def tensor_data_bytes(tensor: dict) -> int:
+    """Bytes of one tensor's data from its header entry: what transformers sums into the index's total_size."""
+    count = 1
+    for dimension in tensor["shape"]:
+        count *= dimension
+    return count * SAFETENSORS_DTYPE_BYTES[tensor["dtype"]]
+
+
+def check_shard_index(index_path: str, index: dict, tensors_by_path: dict[str, dict]) -> None:
+    """Check a sharded checkpoint's index against the shards' parsed headers; raise on the first mismatch.
+
+    The index's `weight_map` names, for every tensor, the shard (relative to the index's folder) that holds it;
+    transformers loads each tensor from the shard named and trusts the map, so a wrong map yields a model with
+    missing or misplaced weights instead of an error. Every safetensors file beside the index must be one of its
+    shards, each tensor must live in exactly one shard, and `metadata.total_size` (when given) must equal the sum
+    of the tensors' data bytes, as save_pretrained computes it.
+    """
+    folder = posixpath.dirname(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise Unprocessable(f"{index_path} has no weight_map object naming each tensor's shard; upload the index "
+                            "written by save_pretrained.", field="files")
+    shards = {path: tensors for path, tensors in tensors_by_path.items() if posixpath.dirname(path) == folder}
+    owner_of = {}
+    for shard_path, tensors in shards.items():
+        for name in tensors:
+            if name in owner_of:
+                raise Unprocessable(f"Tensor {name!r} is stored in both {owner_of[name]} and {shard_path}; each "
+                                    "tensor must live in exactly one shard.", field="files")
+            owner_of[name] = shard_path
+    referenced = set()
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise Unprocessable(f"{index_path}: weight_map entry for tensor {name!r} is not a shard file name.",
+                                field="files")
+        shard_path = posixpath.join(folder, shard)
+        if shard_path not in shards:
+            raise Unprocessable(f"{index_path} maps tensor {name!r} to shard {shard}, which was not uploaded; "
+                                f"upload {shard_path}.", field="files")
+        referenced.add(shard_path)
+        if name not in shards[shard_path]:
+            found = f"; it is in {owner_of[name]}" if name in owner_of else "; no uploaded shard holds it"
+            raise Unprocessable(f"{index_path} maps tensor {name!r} to {shard_path}, but that shard does not hold "
+                                f"it{found}.", field="files")
+    for shard_path in sorted(shards):
+        if shard_path not in referenced:
+            raise Unprocessable(f"{shard_path} is not referenced by {index_path}; remove it or upload the index "
+                                "that names it.", field="files")
+        for name in shards[shard_path]:
+            if name not in weight_map:
+                raise Unprocessable(f"{shard_path} holds tensor {name!r}, which {index_path} does not list; "
+                                    "upload the index written together with these shards.", field="files")
+    metadata = index.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise Unprocessable(f"{index_path}: metadata must be a JSON object.", field="files")
+    if "total_size" in metadata:
+        declared = metadata["total_size"]
+        actual = sum(tensor_data_bytes(tensor) for tensors in shards.values() for tensor in tensors.values())
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared != actual:
+            raise Unprocessable(f"{index_path} declares metadata.total_size {declared!r} but its shards hold "
+                                f"{actual} bytes of tensor data; upload the index written with these shards.",
+                                field="files")

@@ -1,0 +1,1 @@
+"""llmreg: push, pull and run jobs on the LLM model registry over its REST API."""

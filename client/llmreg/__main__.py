@@ -1,0 +1,3 @@
+from llmreg.cli import main
+
+raise SystemExit(main())

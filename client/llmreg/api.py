@@ -1,0 +1,111 @@
+"""The registry's REST API v1 over HTTP: one session with the token, errors carrying the server's detail."""
+import hashlib
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+
+CHUNK_BYTES = 1024 * 1024
+TIMEOUT_SECONDS = 300
+
+
+class RegistryError(Exception):
+    """A request the registry refused or could not answer; the message is the server's `detail`."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _error_from(response: requests.Response) -> RegistryError:
+    try:
+        body = response.json()
+        detail = body.get("detail") or body.get("error") or response.text
+        if body.get("field"):
+            detail = f"{detail} (field: {body['field']})"
+    except ValueError:
+        detail = response.text.strip()[:500] or response.reason
+    return RegistryError(f"{response.status_code} {detail}", status=response.status_code)
+
+
+class Registry:
+    def __init__(self, base_url: str, token: str | None):
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Token {token}"
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base_url}/api/v1/{path.lstrip('/')}"
+
+    def request(self, method: str, path: str, *, expected=(200,), **kwargs) -> requests.Response:
+        try:
+            response = self.session.request(method, self._url(path), timeout=TIMEOUT_SECONDS, **kwargs)
+        except requests.RequestException as error:
+            raise RegistryError(f"cannot reach the registry at {self.base_url}: {error}") from None
+        if response.status_code not in expected:
+            raise _error_from(response)
+        return response
+
+    def get(self, path: str, **kwargs) -> dict:
+        return self.request("GET", path, **kwargs).json()
+
+    def post(self, path: str, body: dict | None = None, *, expected=(200, 201, 202)) -> dict:
+        return self.request("POST", path, json=body or {}, expected=expected).json()
+
+    def list_all(self, path: str):
+        """Every row of a list, following the `Link: <url>; rel="next"` header page by page."""
+        url = self._url(path)
+        while url:
+            response = self.request("GET", url)
+            yield from response.json()
+            url = response.links.get("next", {}).get("url")
+
+    def model_exists(self, model: str) -> bool:
+        return self.request("GET", f"models/{quote(model)}/", expected=(200, 404)).status_code == 200
+
+    def upload_file(self, model: str, number: int, relative_path: str, local_path: Path) -> dict:
+        """PUT one file, streamed from disk, with its SHA-256 for the server to check."""
+        sha256 = file_sha256(local_path)
+        with open(local_path, "rb") as handle:
+            body = self.request(
+                "PUT", f"models/{quote(model)}/versions/{number}/files/{quote(relative_path)}", data=handle,
+                headers={"X-Content-SHA256": sha256, "Content-Type": "application/octet-stream"},
+                expected=(200, 201),
+            ).json()
+        if body.get("sha256") != sha256:
+            raise RegistryError(f"{relative_path}: the registry stored SHA-256 {body.get('sha256')} but the local "
+                                f"file has {sha256}; upload it again.")
+        return body
+
+    def download_file(self, model: str, number: int, item: dict, destination: Path) -> None:
+        """Follow the 302 to the presigned URL and stream the file to disk, checking its SHA-256."""
+        redirect = self.request("GET", f"models/{quote(model)}/versions/{number}/files/{quote(item['path'])}",
+                                expected=(302,), allow_redirects=False)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".partial")
+        digest = hashlib.sha256()
+        # The presigned URL carries its own signature: the registry token must not travel to object storage.
+        try:
+            with requests.get(redirect.headers["Location"], stream=True, timeout=TIMEOUT_SECONDS) as response:
+                if response.status_code != 200:
+                    raise RegistryError(f"{item['path']}: object storage answered {response.status_code}.")
+                with open(partial, "wb") as handle:
+                    for chunk in response.iter_content(CHUNK_BYTES):
+                        digest.update(chunk)
+                        handle.write(chunk)
+        except requests.RequestException as error:
+            raise RegistryError(f"{item['path']}: download failed: {error}") from None
+        if digest.hexdigest() != item["sha256"]:
+            partial.unlink()
+            raise RegistryError(f"{item['path']}: downloaded bytes have SHA-256 {digest.hexdigest()} but the "
+                                f"registry recorded {item['sha256']}; the download is corrupt, try again.")
+        partial.replace(destination)
