@@ -2,6 +2,7 @@
 from django.contrib import admin
 
 from console import audit_pages, governance_pages, job_pages, registry_pages, report_pages  # noqa: F401
+from console import analysis_pages  # noqa: F401
 
 admin.site.site_header = "LLM model registry"
 admin.site.site_title = "LLM model registry"

@@ -25,6 +25,12 @@ class RollbackForm(forms.Form):
                                     help_text="Optional: a version deployed here before; default the previous one.")
 
 
+def _draft_report(change_request):
+    """The draft change-impact report of the request's current round: the PDF an approver's decision signs."""
+    drafts = change_request.reports.filter(status="draft").exclude(object_key="").order_by("-round", "-created_at", "-id")
+    return drafts.filter(round=change_request.round).first() or drafts.first()
+
+
 @admin.register(ChangeRequest)
 class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
     change_form_template = "admin/governance/changerequest/change_form.html"
@@ -68,6 +74,7 @@ class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
             "lineage": selectors.lineage(change_request.to_version),
             "can_decide": change_request.status == "pending" and has_role(request.user, APPROVER),
             "decision_form": DecisionForm(),
+            "draft_report": _draft_report(change_request),
         }
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 

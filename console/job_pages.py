@@ -2,13 +2,45 @@
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from foundation.admin_access import RoleAccessMixin
 from foundation.errors import DomainError
 from foundation.roles import ML_ENGINEER, has_role
+from registry import selectors as registry_selectors
 from workers import services
 from workers.models import Job
+
+
+def job_result_links(job) -> list[str]:
+    """What a job produced, as admin links: the version it registered, the analysis it computed; other values
+    (a PII scan's counts) as `key: value` text."""
+    result = dict(job.result or {})
+    links = []
+    if "model" in result and "version" in result:
+        model_name, number = result.pop("model"), result.pop("version")
+        version = _registered_version(job)
+        links.append(
+            format_html('<a href="{}">{} v{}</a>', reverse("admin:registry_modelversion_change", args=[version.pk]),
+                        model_name, number)
+            if version else format_html("{} v{} (no longer registered)", model_name, number))
+    if "analysis" in result:
+        analysis_id = result.pop("analysis")
+        links.append(format_html('<a href="{}">analysis {}</a>',
+                                 reverse("admin:workers_analysis_change", args=[analysis_id]), analysis_id))
+    links.extend(format_html("{}: {}", key, value) for key, value in result.items())
+    return links
+
+
+def _registered_version(job):
+    """The version a quantize or LoRA job registered, when it still exists."""
+    result = (job.result or {}) if job else {}
+    if not (result.get("model") and result.get("version")):
+        return None
+    try:
+        return registry_selectors.get_version(result["model"], result["version"])
+    except DomainError:
+        return None
 
 
 @admin.register(Job)
@@ -16,7 +48,7 @@ class JobAdmin(RoleAccessMixin, admin.ModelAdmin):
     change_form_template = "admin/workers/job/change_form.html"
     list_display = ["id", "kind", "source_version", "status", "progress_bar", "message", "created_by", "created_at"]
     list_filter = ["kind", "status"]
-    readonly_fields = ["kind", "status", "progress_bar", "message", "params", "result", "error", "source_version",
+    readonly_fields = ["kind", "status", "progress_bar", "message", "params", "result_links", "error", "source_version",
                        "attempts", "worker", "created_by", "created_at", "started_at", "finished_at"]
     fields = readonly_fields
 
@@ -27,13 +59,18 @@ class JobAdmin(RoleAccessMixin, admin.ModelAdmin):
     def progress_bar(self, obj):
         return format_html('<progress max="100" value="{}"></progress> {}%', obj.progress, obj.progress)
 
+    @admin.display(description="Result")
+    def result_links(self, obj):
+        return format_html_join(", ", "{}", ((link,) for link in job_result_links(obj))) or "—"
+
     def get_urls(self):
         return [path("<int:job_id>/cancel/", self.admin_site.admin_view(self.cancel_view),
                      name="workers_job_cancel")] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         job = Job.objects.filter(pk=object_id).first()
-        context = {"job": job, "can_cancel": bool(job and not job.is_finished and has_role(request.user, ML_ENGINEER))}
+        context = {"job": job, "can_cancel": bool(job and not job.is_finished and has_role(request.user, ML_ENGINEER)),
+                   "result_version": _registered_version(job)}
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
     def cancel_view(self, request, job_id):

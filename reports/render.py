@@ -95,7 +95,9 @@ def change_impact_charts(facts: dict) -> dict[str, str]:
     if analysis:
         result = analysis["result"]
         histograms = result.get("histograms") or {}
-        figures["kl_distribution"] = charts.kl_histogram(histograms.get("kl") or {})
+        kl = result.get("kl") or {}
+        figures["kl_distribution"] = charts.kl_histogram(histograms.get("kl") or {}, mean=kl.get("mean"),
+                                                         p99=kl.get("p99"))
         figures["delta_p_distribution"] = charts.delta_p_histogram(histograms.get("delta_p") or {})
         if analysis["layers"]:
             figures["layer_error"] = charts.layer_error_bars(analysis["layers"])

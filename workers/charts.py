@@ -37,9 +37,73 @@ def as_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def kl_histogram(hist: dict) -> bytes:
-    """Distribution of per-token KL(reference || candidate)."""
-    return _histogram(hist, xlabel="KL divergence per token (nats)", title="Per-token KL divergence")
+def kl_histogram(hist: dict, *, mean: float | None = None, p99: float | None = None) -> bytes:
+    """Distribution of per-token KL(reference || candidate) on a log x axis, with the mean and p99 marked."""
+    fig, ax = _figure(3.0)
+    layout = kl_histogram_layout(hist, mean=mean, p99=p99)
+    if layout is None:
+        _no_data(ax, "No tokens measured")
+        return _png(fig)
+    ax.stairs(layout["counts"], layout["edges"], fill=True, color=REFERENCE_COLOUR, alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlim(*layout["xlim"])
+    ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost more than the rest of the figure together
+    positive = [c for c in layout["counts"] if c > 0]
+    if max(positive) / min(positive) >= 100:
+        ax.set_yscale("log")  # tails hold few tokens but are what regulators ask about
+        ax.yaxis.set_minor_locator(NullLocator())
+    for label, value, colour, style in (("mean", layout["mean"], CANDIDATE_COLOUR, "--"),
+                                        ("p99", layout["p99"], "#c44e52", ":")):
+        if value is not None:
+            ax.axvline(value, color=colour, linestyle=style, linewidth=1.2, label=f"{label} {value:.3g}")
+    if layout["mean"] is not None or layout["p99"] is not None:
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_xlabel("KL divergence per token (nats, log scale)")
+    ax.set_ylabel("tokens")
+    title = f"Per-token KL divergence ({int(sum(layout['counts'])):,} tokens)"
+    if layout["zero_tokens"]:
+        title += f"; {layout['zero_tokens']:,} below {layout['zero_edge']:.0e} drawn at the left edge"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def kl_histogram_layout(hist: dict, *, mean: float | None = None, p99: float | None = None) -> dict | None:
+    """What `kl_histogram` draws: non-empty bins, x range and markers; None when no token was measured.
+
+    The analysis bins KL on log-spaced edges with a first bin [0, 1e-8) (KL_CHART_EDGES). A log axis cannot
+    show 0, so that bin is drawn one decade wide below its upper edge. Empty bins at either end are trimmed so
+    the axis spans the data's own decades instead of the fixed 0-100 nats of the edges. `mean` and `p99` come
+    from the arguments, else from the histogram dict, and are dropped when they are not positive.
+    """
+    edges = [float(e) for e in (hist or {}).get("edges") or []]
+    counts = [float(c) for c in (hist or {}).get("counts") or []]
+    if counts and len(edges) != len(counts) + 1:
+        raise ValueError(f"A histogram needs one more edge than counts; got {len(edges)} edges, {len(counts)} counts.")
+    if not counts or sum(counts) <= 0:
+        return None
+    filled = [i for i, c in enumerate(counts) if c > 0]
+    first, last = filled[0], filled[-1]
+    counts = counts[first:last + 1]
+    edges = edges[first:last + 2]
+    zero_tokens, zero_edge = 0, None
+    if edges[0] <= 0:
+        zero_edge = edges[1] if edges[1] > 0 else 1e-8
+        zero_tokens = int(counts[0])
+        edges[0] = zero_edge / 10
+    markers = {}
+    for name, given in (("mean", mean), ("p99", p99)):
+        value = _number(given if given is not None else (hist or {}).get(name))
+        markers[name] = value if value > 0 and math.isfinite(value) else None
+    low = min([edges[0]] + [v for v in markers.values() if v is not None])
+    high = max([edges[-1]] + [v for v in markers.values() if v is not None])
+    if high / low < 10:  # a single narrow bin: widen to one decade around it so the axis has ticks
+        centre = math.sqrt(low * high)
+        low, high = centre / math.sqrt(10), centre * math.sqrt(10)
+    # A little air on both sides, so a marker at the outermost edge (p99 in the last bin) is not hidden by the frame.
+    low, high = low / 1.5, high * 1.5
+    return {"edges": edges, "counts": counts, "xlim": (low, high), "zero_tokens": zero_tokens,
+            "zero_edge": zero_edge, **markers}
 
 
 def delta_p_histogram(hist: dict) -> bytes:

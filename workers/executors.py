@@ -67,7 +67,8 @@ def _evaluation_inputs(records: list[dict]) -> tuple[list[str], list[dict] | Non
 
 def _store_analysis_charts(analysis, result: dict) -> list[dict]:
     figures = {
-        "kl_distribution": charts.kl_histogram(result["histograms"]["kl"]),
+        "kl_distribution": charts.kl_histogram(result["histograms"]["kl"], mean=result["kl"]["mean"],
+                                               p99=result["kl"]["p99"]),
         "delta_p_distribution": charts.delta_p_histogram(result["histograms"]["delta_p"]),
         "layer_error": charts.layer_error_bars(result["layers"]),
         "weight_error_heatmap": charts.weight_error_heatmap(result["layers"]),

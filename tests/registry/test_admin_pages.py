@@ -17,7 +17,8 @@ def test_duplicate_model_name_in_the_admin_shows_the_reason_and_adds_nothing(cli
 
 
 @pytest.mark.parametrize("path", ["/admin/registry/modelversion/", "/admin/foundation/auditevent/",
-                                  "/admin/governance/changerequest/", "/admin/workers/job/"])
+                                  "/admin/workers/analysis/", "/admin/governance/changerequest/",
+                                  "/admin/workers/job/"])
 def test_regulator_reads_the_admin_lists(client, regulator, path):
     client.force_login(regulator)
     assert client.get(path).status_code == 200

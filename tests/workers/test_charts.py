@@ -150,3 +150,50 @@ def test_data_uri_round_trips():
     assert uri.startswith("data:image/png;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == png
 
+
+
+KL_CHART_EDGES = [0.0] + [10 ** (-8 + i / 4) for i in range(41)]  # as workers.pipelines.analysis.statistics
+
+
+def make_typical_kl_hist():
+    """Per-token KL between 1e-4 and 1e-1 nats, binned like the analysis does."""
+    counts = [0] * 41
+    for index, (low, high) in enumerate(zip(KL_CHART_EDGES, KL_CHART_EDGES[1:])):
+        if low >= 1e-4 and high <= 1e-1 * 1.0001:
+            counts[index] = 1000
+    return {"edges": KL_CHART_EDGES, "counts": counts}
+
+
+def test_kl_chart_x_range_covers_typical_values_not_a_fixed_0_to_100_nats():
+    layout = charts.kl_histogram_layout(make_typical_kl_hist())
+
+    low, high = layout["xlim"]
+    assert low <= 1e-4 and high >= 1e-1
+    assert low >= 1e-6 and high <= 10  # empty bins trimmed: the data fills the axis
+    assert charts.kl_histogram(make_typical_kl_hist()).startswith(PNG_MAGIC)
+
+
+def test_kl_chart_draws_the_zero_bin_below_its_upper_edge_on_the_log_axis():
+    hist = make_typical_kl_hist()
+    hist["counts"][0] = 5
+
+    layout = charts.kl_histogram_layout(hist)
+
+    assert layout["edges"][0] == pytest.approx(1e-9)
+    assert layout["zero_tokens"] == 5
+    assert layout["xlim"][0] <= 1e-9 < layout["xlim"][1]
+
+
+def test_kl_chart_marks_mean_and_p99_from_arguments_or_the_histogram():
+    from_arguments = charts.kl_histogram_layout(make_typical_kl_hist(), mean=3e-3, p99=5e-2)
+    from_dict = charts.kl_histogram_layout({**make_typical_kl_hist(), "mean": 2e-3, "p99": 4e-2})
+
+    assert (from_arguments["mean"], from_arguments["p99"]) == (3e-3, 5e-2)
+    assert (from_dict["mean"], from_dict["p99"]) == (2e-3, 4e-2)
+
+
+def test_kl_chart_of_all_zero_counts_renders_a_placeholder():
+    hist = {"edges": KL_CHART_EDGES, "counts": [0] * 41}
+
+    assert charts.kl_histogram_layout(hist) is None
+    assert charts.kl_histogram(hist).startswith(PNG_MAGIC)
