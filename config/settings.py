@@ -158,6 +158,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
                                    "global_keyprefix": f"{DEPLOYMENT_NAME}:"}
 # Beat runs inside the worker (`celery worker -B`, scripts/stack.sh and docker-compose.yml): one per deployment.
+# A job still queued this long after it was created (or running with no worker holding it) is sent again.
+JOB_RECONCILE_AFTER_SECONDS = env_int("JOB_RECONCILE_AFTER_SECONDS", 120)
 CELERY_BEAT_SCHEDULE = {
     # Re-enqueues jobs whose row says queued but whose broker message is gone (Redis lost it, or the commit
     # that recorded the job and the send were split by a crash).

@@ -47,7 +47,10 @@ from config.settings import BASE_DIR, CELERY_BROKER_TRANSPORT_OPTIONS, DATABASES
 
 DEBUG = False
 CELERY_BROKER_URL = _BROKER_URL
-CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": _BROKER_KEY_PREFIX}
+# Unacknowledged messages of a killed worker are looked for every second (kombu's default is every 10 s, ten at
+# a time), so the suite's kill-and-redeliver tests wait seconds, not minutes.
+CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, "global_keyprefix": _BROKER_KEY_PREFIX,
+                                   "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 WORK_DIR = BASE_DIR / ".var" / "test-work"
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests only

@@ -1,26 +1,85 @@
 """Runs one job: claim it, give the executor a scratch directory and a progress callback, record the outcome.
 
 The plain function behind the Celery task, so tests can call it directly.
+
+A job runs on one worker at a time. `claim_job` accepts a job that is already running (that is how a message
+redelivered after a worker died picks the job up again), so on its own it would also let a second message for a
+job that is still running elsewhere (a duplicate sent by workers.reconciler, or a redelivery once the broker's
+visibility timeout ran out during a long job) run it a second time, concurrently. The runner therefore holds a
+session-level advisory lock on the job for the whole run and drops a message whose job is locked. The lock lives
+in the worker's database session, so it goes when the worker dies (Postgres ends the session when the socket
+closes) and never keeps a killed worker's job from being retried.
 """
+import contextlib
 import logging
 import shutil
 import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 
 from foundation.errors import DomainError, StorageUnavailable
 from workers import executors, services
+from workers.models import Job
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 
 logger = logging.getLogger(__name__)
 MAX_TRANSIENT_RETRIES = 3
+# The database connection was lost (a restart, a failover, a terminated backend): worth a retry, like storage.
+DATABASE_LOST = (OperationalError, InterfaceError)
+# pg_advisory_lock(namespace, job id) held while a job runs; reports use 0x7201-0x7203 for their own steps.
+JOB_LOCK_NAMESPACE = 0x7301
+_INT4_MAX = 2**31 - 1  # the two-key advisory lock takes int4 keys
 
 
 def run_job(job_id: int) -> None:
+    """Run one job here, unless it is running on another worker, has already ended, or does not exist."""
+    if not 0 < int(job_id) <= _INT4_MAX:
+        logger.warning("job %s does not exist in this database (no job can have that id); message dropped", job_id)
+        return
+    try:
+        with _job_lock(job_id) as acquired:
+            if not acquired:
+                logger.info("job %s is running on another worker; this duplicate message is dropped", job_id)
+                return
+            _claim_and_run(job_id)
+    except DATABASE_LOST:
+        # Drop the broken connection, so that the retry (and the next task in this process) connects afresh.
+        with contextlib.suppress(*DATABASE_LOST):
+            connection.close()
+        raise
+
+
+@contextlib.contextmanager
+def _job_lock(job_id: int):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [JOB_LOCK_NAMESPACE, int(job_id)])
+        acquired = cursor.fetchone()[0]
+    try:
+        yield acquired
+    finally:
+        # When the connection was lost (and closed) the session, and the lock with it, is gone already.
+        if acquired and connection.connection is not None:
+            with contextlib.suppress(*DATABASE_LOST), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [JOB_LOCK_NAMESPACE, int(job_id)])
+
+
+def job_is_running_somewhere(job_id: int) -> bool:
+    """Whether a worker session holds the job's lock (reads pg_locks; takes nothing)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND classid = %s AND objid = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            [JOB_LOCK_NAMESPACE, int(job_id)])
+        return cursor.fetchone()[0]
+
+
+def _claim_and_run(job_id: int) -> None:
     job = services.claim_job(job_id=job_id)
     if job is None:
-        logger.info("job %s is gone, finished or cancelled; nothing to do", job_id)
+        _log_nothing_to_do(job_id)
         return
     workdir = settings.WORK_DIR / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +103,17 @@ def run_job(job_id: int) -> None:
         services.fail_job(job_id=job_id, error=(
             f"The job ran longer than its limit of {settings.JOB_TIME_LIMIT_SECONDS} s and was stopped; nothing "
             "was registered. Use fewer steps or tokens, or raise JOB_TIME_LIMIT_SECONDS."))
+    except DATABASE_LOST as error:
+        # What the job wrote in its unfinished transaction was rolled back with the session; the retry redoes it
+        # (registering is idempotent per job). Recording the outcome needs a fresh connection in any case.
+        with contextlib.suppress(*DATABASE_LOST):
+            connection.close()
+        if job.attempts <= MAX_TRANSIENT_RETRIES:
+            logger.warning("job %s lost its database connection (%s); retrying", job_id, error)
+            raise  # the task retries with back-off
+        services.fail_job(job_id=job_id, error=(
+            f"The database connection was lost during each of {job.attempts} attempts; nothing was registered. "
+            "Start the job again when the database is stable."))
     except Exception as error:  # an unexpected failure must still end the job visibly
         logger.exception("job %s failed", job_id)
         services.fail_job(job_id=job_id, error=f"Internal error ({type(error).__name__}: {error}). "
@@ -54,3 +124,11 @@ def run_job(job_id: int) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _log_nothing_to_do(job_id: int) -> None:
+    status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+    if status is None:
+        # Not ours: a message from another deployment sharing this broker, or a job deleted since it was sent.
+        logger.warning("job %s does not exist in this database; message dropped (is another deployment sending "
+                       "to this broker?)", job_id)
+    else:
+        logger.info("job %s is already %s; nothing to do", job_id, status)

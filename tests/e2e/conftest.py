@@ -102,10 +102,15 @@ class WorkerProcess:
 
 
 def _purge_test_queue() -> None:
+    """Drop this run's queued messages (its own key prefix only: another run may share the broker database)."""
     import redis
     from django.conf import settings
 
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    prefix = settings.CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"]
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture
@@ -180,3 +185,176 @@ def admin_login(page, base_url: str, username: str) -> None:
     page.fill("#id_password", f"{username}-password")
     page.click("input[type=submit]")
     page.wait_for_url(f"{base_url}/admin/")
+
+
+# --- fault injection (tests/e2e/test_faults.py) ----------------------------------------------------------------
+# Processes started with settings of their own (a private Redis or S3 server) and a libpq application name, so
+# that a test can find their database sessions in pg_stat_activity and terminate them.
+
+# tests.settings takes the S3 server (and more) from its own defaults; a process of a fault test applies the JSON
+# in TEST_SETTINGS_OVERRIDES to that module before Django reads it (a dict is merged into the setting's dict,
+# names ending in _DIR become paths), then runs the named program.
+_WITH_SETTINGS_OVERRIDES = (
+    "import json, os, pathlib, sys\n"
+    "import tests.settings as test_settings\n"
+    "for name, value in json.loads(os.environ.get('TEST_SETTINGS_OVERRIDES') or '{}').items():\n"
+    "    current = getattr(test_settings, name, None)\n"
+    "    if isinstance(value, dict) and isinstance(current, dict):\n"
+    "        value = {**current, **value}\n"
+    "    setattr(test_settings, name, pathlib.Path(value) if name.endswith('_DIR') else value)\n"
+    "program, sys.argv = sys.argv[1], sys.argv[1:]\n"
+    "if program == 'celery':\n"
+    "    from celery.__main__ import main\n"
+    "else:\n"
+    "    from gunicorn.app.wsgiapp import run as main\n"
+    "sys.exit(main())\n"
+)
+
+
+def configured_process_env(*, application_name: str, settings_overrides: dict | None = None,
+                           broker_url: str | None = None) -> dict:
+    import json
+
+    env = _process_env()
+    env["PGAPPNAME"] = application_name  # libpq sends it; pg_stat_activity.application_name shows it
+    env["TEST_SETTINGS_OVERRIDES"] = json.dumps(settings_overrides or {})
+    if broker_url:
+        env["TEST_CELERY_BROKER_URL"] = broker_url  # tests.settings gives it to Celery (environment and setting)
+    return env
+
+
+class ConfiguredWorker(WorkerProcess):
+    """A worker like `worker`'s, with its own database application name and settings overrides."""
+
+    def __init__(self, log_path: Path, *, application_name: str, settings_overrides: dict | None = None,
+                 broker_url: str | None = None, concurrency: int = 1):
+        super().__init__(log_path)
+        self.application_name, self.settings_overrides, self.broker_url = application_name, settings_overrides, broker_url
+        self.concurrency = concurrency
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        ready_before = self.log_path.read_bytes().count(b"ready.")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WITH_SETTINGS_OVERRIDES, "celery", "-A", "config", "worker", "--queues", "cpu",
+             "--concurrency", str(self.concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+             "--hostname", f"fault-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=ROOT, env=configured_process_env(application_name=self.application_name,
+                                                 settings_overrides=self.settings_overrides,
+                                                 broker_url=self.broker_url),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.log_path.read_bytes().count(b"ready.") > ready_before:
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"worker did not get ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class ConfiguredWebServer:
+    """gunicorn like `web_server`'s, with its own database application name and settings overrides."""
+
+    def __init__(self, log_path: Path, *, application_name: str, settings_overrides: dict | None = None,
+                 broker_url: str | None = None, threads: int = 4):
+        self.log_path, self.application_name = log_path, application_name
+        self.settings_overrides, self.broker_url, self.threads = settings_overrides, broker_url, threads
+        self.process: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def start(self) -> str:
+        port = _free_port()
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WITH_SETTINGS_OVERRIDES, "gunicorn", "config.wsgi:application",
+             "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", "1",
+             "--threads", str(self.threads), "--timeout", "300"],
+            cwd=ROOT, env=configured_process_env(application_name=self.application_name,
+                                                 settings_overrides=self.settings_overrides,
+                                                 broker_url=self.broker_url),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base_url}/healthz", timeout=10).status_code in (200, 503):
+                    return self.base_url
+            except requests.RequestException:
+                if self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(self.log_path.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+def database_sessions(application_name: str) -> list[dict]:
+    """The test database's sessions opened by processes started with this application name."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid, state, wait_event_type, query FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND application_name = %s", [application_name])
+        return [dict(zip(("pid", "state", "wait_event_type", "query"), row)) for row in cursor.fetchall()]
+
+
+def terminate_database_sessions(pids) -> None:
+    with connection.cursor() as cursor:
+        for pid in pids:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, keeping nothing on disk (as the production broker)."""
+
+    def __init__(self, log_path: Path):
+        self.port, self.log_path = _free_port(), log_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--daemonize", "no"],
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis.from_url(self.url).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start:\n{self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.kill()
