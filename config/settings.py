@@ -185,8 +185,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "foundation.error_responses.exception_handler",
     "DEFAULT_PARSER_CLASSES": [
         "foundation.parsers.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
+        "foundation.parsers.CheckedFormParser",
+        "foundation.parsers.CheckedMultiPartParser",
     ],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }

@@ -4,7 +4,7 @@ import json
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 
 from foundation.errors import InvalidInput, TooLarge
 from foundation.input_text import describe, first_control_character, nesting_depth
@@ -42,3 +42,30 @@ class BoundedJSONParser(JSONParser):
             raise InvalidInput(f"{field} contains the control character {describe(character)}; remove it.",
                                field=field)
         return data
+
+
+def _refuse_control_characters_in_fields(data) -> None:
+    for key, values in data.lists():
+        for text in (key, *values):
+            found = first_control_character(text, field=key)
+            if found:
+                raise InvalidInput(f"{found[0]} contains the control character {describe(found[1])}; remove it.",
+                                   field=found[0])
+
+
+class CheckedFormParser(FormParser):
+    """URL-encoded forms, with the same refusal of control characters as JSON bodies."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)
+        _refuse_control_characters_in_fields(data)
+        return data
+
+
+class CheckedMultiPartParser(MultiPartParser):
+    """Multipart forms: the fields are checked like JSON values; the files' contents are the services' to judge."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        parsed = super().parse(stream, media_type, parser_context)
+        _refuse_control_characters_in_fields(parsed.data)
+        return parsed

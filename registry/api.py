@@ -3,12 +3,12 @@ from django.http import HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from foundation.errors import InvalidInput
 from foundation.pagination import filter_parameter, list_parameters, paginated_response
+from foundation.parsers import CheckedFormParser, CheckedMultiPartParser
 from foundation.permissions import EngineerWrites, role_permission
 from foundation.roles import ML_ENGINEER, REGULATOR
 from registry import selectors, services
@@ -221,7 +221,7 @@ class LineageView(APIView):
 
 class DatasetListView(APIView):
     permission_classes = [EngineerWrites]
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [CheckedMultiPartParser, CheckedFormParser]
 
     @extend_schema(responses=DatasetSerializer(many=True), operation_id="datasets_list", parameters=list_parameters(
         filter_parameter("purpose", "Only datasets of this purpose: calibration, evaluation or training.")))

@@ -9,7 +9,7 @@ from django.db import OperationalError
 from django.test import Client, override_settings
 
 from foundation.models import AuditEvent
-from registry.models import ModelVersion, RegisteredModel, VersionFile
+from registry.models import Dataset, ModelVersion, RegisteredModel, VersionFile
 from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
@@ -176,3 +176,14 @@ def test_the_api_docs_load_swagger_ui_from_the_projects_own_static_files(enginee
     assert scripts and all(src.startswith("/static/drf_spectacular_sidecar/") for src in scripts)
     for src in scripts:
         assert browser.get(src).status_code == 200
+
+
+def test_control_characters_in_multipart_fields_are_a_400_naming_the_field(engineer_api):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = engineer_api.post("/api/v1/datasets/", {
+        "name": "calls\x01", "purpose": "training",
+        "file": SimpleUploadedFile("calls.jsonl", b'{"text": "Net interest margin rose."}\n')}, format="multipart")
+
+    assert _error(response, 400)["field"] == "name"
+    assert not Dataset.objects.exists()
