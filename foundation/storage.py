@@ -133,9 +133,7 @@ def _read(key: str, *, version_id: str, offset: int = 0, length: int = 0) -> byt
         response = _client().get_object(_bucket(), key, offset=offset, length=length, version_id=version_id or None)
         return response.read()
     except S3Error as error:
-        if error.code in ("NoSuchKey", "NoSuchVersion"):
-            raise NotFound(f"Object {key} is missing from storage.") from error
-        raise
+        raise _missing_or_raise(key, error) from error
     except _TRANSPORT_ERRORS as error:
         raise _unavailable(error) from error
     finally:
@@ -160,8 +158,17 @@ def download_to(key: str, destination: Path, *, version_id: str = "") -> None:
     destination.parent.mkdir(parents=True, exist_ok=True)
     try:
         _client().fget_object(_bucket(), key, str(destination), version_id=version_id or None)
+    except S3Error as error:
+        raise _missing_or_raise(key, error) from error
     except _TRANSPORT_ERRORS as error:
         raise _unavailable(error) from error
+
+
+def _missing_or_raise(key: str, error: S3Error) -> Exception:
+    """A missing object is the caller's NotFound; any other refusal from the server stays what it is."""
+    if error.code in ("NoSuchKey", "NoSuchVersion"):
+        return NotFound(f"Object {key} is missing from storage.")
+    return error
 
 
 def presigned_download_url(key: str, *, filename: str, version_id: str = "") -> str:

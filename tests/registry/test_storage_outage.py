@@ -70,3 +70,20 @@ def test_health_check_names_object_storage_when_it_is_down(client, doomed_s3):
     doomed_s3()
     response = client.get("/healthz")
     assert response.status_code == 503 and response.json()["failing"] == ["object_storage"]
+
+
+def test_a_dataset_whose_object_is_gone_is_a_404_not_a_crash(engineer_api):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from foundation import storage
+    from registry.models import Dataset
+
+    created = engineer_api.post("/api/v1/datasets/", {
+        "name": "gone", "purpose": "training",
+        "file": SimpleUploadedFile("gone.jsonl", b'{"text": "Net interest margin rose."}\n')}, format="multipart")
+    dataset = Dataset.objects.get(pk=created.json()["id"])
+    storage.remove(dataset.object_key, version_id=dataset.storage_version_id)
+
+    response = engineer_api.post(f"/api/v1/datasets/{dataset.pk}/redact", {"strategy": "mask"}, format="json")
+
+    assert response.status_code == 404 and "missing from storage" in response.json()["detail"]
