@@ -123,6 +123,22 @@ class DecisionView(APIView):
         return Response(change_request_document(governance_selectors.get_change_request(request_id)))
 
 
+class WithdrawSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=20_000)
+
+
+class WithdrawView(APIView):
+    permission_classes = [GovernanceWrites]
+
+    @extend_schema(request=WithdrawSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request, request_id):
+        payload = WithdrawSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.withdraw_change_request(change_request=governance_selectors.get_change_request(request_id),
+                                         reason=payload.validated_data["reason"], actor=request.user)
+        return Response(change_request_document(governance_selectors.get_change_request(request_id)))
+
+
 class PolicyView(APIView):
     permission_classes = [GovernanceWrites]
 

@@ -66,6 +66,7 @@ class ChangeRequest(models.Model):
         REJECTED = "rejected"
         EXPIRED = "expired"
         STALE = "stale"
+        WITHDRAWN = "withdrawn"
 
     OPEN = (Status.ANALYSING, Status.PENDING, Status.BLOCKED, Status.STALE)
 

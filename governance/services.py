@@ -226,6 +226,24 @@ def analysis_failed(*, analysis_id: int, error: str) -> None:
                      object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
 
 
+@transaction.atomic
+def withdraw_change_request(*, change_request: ChangeRequest, reason: str, actor) -> ChangeRequest:
+    """The requester takes back a change request that is still open; it takes no more decisions."""
+    request = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True).select_related("model")
+               .get(pk=change_request.pk))
+    if actor.pk != request.requested_by_id:
+        raise PermissionDenied("Only the engineer who opened a change request may withdraw it.")
+    if request.status not in ChangeRequest.OPEN:
+        raise Conflict(f"Change request {request.pk} is {request.status}; only open requests can be withdrawn.")
+    before = _snapshot(request)
+    request.status = ChangeRequest.Status.WITHDRAWN
+    request.status_reason = (reason or "").strip() or "Withdrawn by the requester."
+    request.save(update_fields=["status", "status_reason"])
+    append_event(actor=actor, action="change_request.withdrawn", object_type="change_request", object_id=request.pk,
+                 model_name=request.model.name, before=before, after=_snapshot(request) | {"reason": reason or ""})
+    return request
+
+
 def _expire_if_due(request_id: int) -> None:
     with transaction.atomic():
         request = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True).select_related("model")

@@ -230,3 +230,20 @@ def test_bad_decisions_and_policies_are_400_and_change_nothing(engineer_api, ver
     assert engineer_api.get("/api/v1/models/credit-llm/policies/production").json()["required_approvals"] == 2
     assert engineer_api.get("/api/v1/change-requests/999999/").status_code == 404
     assert engineer_api.get("/api/v1/analyses/999999").status_code == 404
+
+
+def test_the_requester_withdraws_an_open_request_and_it_takes_no_more_decisions(engineer_api, versions, approver,
+                                                                               second_engineer):
+    request_id = _open(engineer_api, 1).json()["id"]
+
+    assert client_for(second_engineer).post(f"/api/v1/change-requests/{request_id}/withdraw",
+                                            {}, format="json").status_code == 403
+    withdrawn = engineer_api.post(f"/api/v1/change-requests/{request_id}/withdraw",
+                                  {"reason": "superseded by v2"}, format="json")
+
+    assert withdrawn.status_code == 200
+    assert withdrawn.json()["status"] == "withdrawn" and withdrawn.json()["status_reason"] == "superseded by v2"
+    assert _decide(approver, request_id).status_code == 409
+    assert engineer_api.post(f"/api/v1/change-requests/{request_id}/withdraw", {}, format="json").status_code == 409
+    assert AuditEvent.objects.filter(action="change_request.withdrawn", object_id=str(request_id)).exists()
+    assert not Alias.objects.filter(version__isnull=False).exists()
