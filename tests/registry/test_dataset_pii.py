@@ -157,3 +157,15 @@ def test_lineage_and_the_report_show_pii_status_and_the_redaction(engineer_api, 
     row = facts.dataset_facts(version, None)[0]
     assert row["pii_status"] == "clean" and row["redaction_lineage"][0]["id"] == original["id"]
     assert row["redaction_lineage"][0]["strategy"] == "replace"
+
+
+@pytest.mark.parametrize("payload,field", [({"strategy": "shred"}, "strategy"),
+                                           ({"strategy": "mask", "types": ["no_such_type"]}, "types"),
+                                           ({}, "strategy")])
+def test_bad_redaction_requests_are_a_400_and_register_nothing(engineer_api, payload, field):
+    original = register(engineer_api, RECORDS)
+
+    response = engineer_api.post(f"/api/v1/datasets/{original['id']}/redact", payload, format="json")
+
+    assert response.status_code == 400 and response.json()["field"] == field
+    assert Dataset.objects.count() == 1
