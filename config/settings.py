@@ -233,3 +233,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Single sign-on and the platform integrations (metrics, webhooks, alarms) keep their settings in their own modules.
+from config.settings_integrations import *  # noqa: E402,F401,F403
+from config.settings_sso import *  # noqa: E402,F401,F403
+
+INSTALLED_APPS += [*INTEGRATION_APPS, *SSO_APPS]  # noqa: F405
+MIDDLEWARE = [*METRICS_MIDDLEWARE_BEFORE, *MIDDLEWARE, *SSO_MIDDLEWARE, *METRICS_MIDDLEWARE_AFTER]  # noqa: F405
+AUTHENTICATION_BACKENDS = [*SSO_AUTHENTICATION_BACKENDS, "django.contrib.auth.backends.ModelBackend"]  # noqa: F405

@@ -13,6 +13,8 @@ urlpatterns = [
     path("api/v1/", include("workers.urls")),
     path("api/v1/", include("governance.urls")),
     path("", include("reports.urls")),
+    path("", include("integrations.urls")),
+    path("", include("sso.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

@@ -44,6 +44,9 @@ class PolicySerializer(serializers.Serializer):
     gates = serializers.DictField(child=serializers.FloatField(allow_null=True))
     allow_override = serializers.BooleanField()
     expiry_days = serializers.IntegerField(min_value=1, max_value=365)
+    # Optional in a PUT: left out, they keep their current values.
+    auto_rollback = serializers.BooleanField(required=False)
+    max_error_increase = serializers.FloatField(required=False, min_value=0.0, max_value=100.0)
 
     def validate_gates(self, gates):
         unknown = set(gates) - set(GATE_THRESHOLD_FIELDS)
@@ -73,7 +76,8 @@ def change_request_document(request: ChangeRequest) -> dict:
 def policy_document(policy: dict) -> dict:
     return {"required_approvals": policy["required_approvals"],
             "gates": {field: policy[field] for field in GATE_THRESHOLD_FIELDS},
-            "allow_override": policy["allow_override"], "expiry_days": policy["expiry_days"]}
+            "allow_override": policy["allow_override"], "expiry_days": policy["expiry_days"],
+            "auto_rollback": policy["auto_rollback"], "max_error_increase": policy["max_error_increase"]}
 
 
 class ChangeRequestListView(APIView):
@@ -153,6 +157,7 @@ class PolicyView(APIView):
         data = payload.validated_data
         values = {"required_approvals": data["required_approvals"], "allow_override": data["allow_override"],
                   "expiry_days": data["expiry_days"], **data["gates"]}
+        values.update({field: data[field] for field in ("auto_rollback", "max_error_increase") if field in data})
         policy = services.set_policy(model=selectors.get_model(name), alias=alias, values=values, actor=request.user)
         return Response(policy_document(policy))
 

@@ -42,6 +42,10 @@ class Policy(models.Model):
     flip_rate_max = models.FloatField(null=True, blank=True)
     allow_override = models.BooleanField(default=False)
     expiry_days = models.PositiveSmallIntegerField(default=7)
+    # An alarm (Alertmanager or a health report) may roll this alias back without a person when this is set.
+    auto_rollback = models.BooleanField(default=False)
+    # Relative rise of the error rate over its baseline that a health report treats as an alarm (0.05 = 5 %).
+    max_error_increase = models.FloatField(default=0.05)
     updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
 

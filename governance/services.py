@@ -31,7 +31,8 @@ from registry.teams import require_team_member
 from workers.models import Analysis
 from workers.services import start_analysis
 
-POLICY_FIELDS = ("required_approvals", *GATE_THRESHOLD_FIELDS, "allow_override", "expiry_days")
+POLICY_FIELDS = ("required_approvals", *GATE_THRESHOLD_FIELDS, "allow_override", "expiry_days", "auto_rollback",
+                 "max_error_increase")
 # What gating (_apply_gates, _gate_or_queue) may change on a change request, and what moving its alias changes.
 _GATED_FIELDS = ["policy_snapshot", "required_approvals", "override", "analysis", "gates", "status", "status_reason"]
 _REGATED_FIELDS = [*_GATED_FIELDS, "from_version", "round", "dataset"]
@@ -39,7 +40,7 @@ _REGATED_FIELDS = [*_GATED_FIELDS, "from_version", "round", "dataset"]
 
 def default_policy(alias: str) -> dict:
     return {"required_approvals": 2 if alias == "production" else 1, **DEFAULT_GATES, "allow_override": False,
-            "expiry_days": 7}
+            "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05}
 
 
 def effective_policy(model: RegisteredModel, alias: str) -> dict:

@@ -192,7 +192,7 @@ def test_policy_defaults_and_only_superusers_change_them(engineer_api, versions,
     assert body == {"required_approvals": 2, "gates": {"kl_mean_max": 0.035, "kl_p99_max": None,
                                                        "same_top1_min": 0.91, "ppl_ratio_max": 1.03,
                                                        "flip_rate_max": None},
-                    "allow_override": False, "expiry_days": 7}
+                    "allow_override": False, "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05}
     payload = {"required_approvals": 1, "allow_override": False, "expiry_days": 3, "gates": {}}
     assert client_for(approver).put("/api/v1/models/credit-llm/policies/production", payload,
                                     format="json").status_code == 403
@@ -200,6 +200,12 @@ def test_policy_defaults_and_only_superusers_change_them(engineer_api, versions,
     assert client_for(admin).put("/api/v1/models/credit-llm/policies/production", payload,
                                  format="json").json()["required_approvals"] == 1
     assert AuditEvent.objects.filter(action="policy.updated").count() == 1
+    alarms = client_for(admin).put("/api/v1/models/credit-llm/policies/production",
+                                   {**payload, "auto_rollback": True, "max_error_increase": 0.1}, format="json").json()
+    assert (alarms["auto_rollback"], alarms["max_error_increase"]) == (True, 0.1)
+    # Left out of a later PUT, the alarm settings keep their values.
+    kept = client_for(admin).put("/api/v1/models/credit-llm/policies/production", payload, format="json").json()
+    assert (kept["auto_rollback"], kept["max_error_increase"]) == (True, 0.1)
 
 
 def test_opening_requests_validates_input(engineer_api, versions, approver):
