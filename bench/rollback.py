@@ -1,4 +1,10 @@
-"""Rollback latency through the API (1,000 rollbacks) and approval decisions per second.
+"""Rollback latency through the API (1,000 rollbacks), the worker's CPU per rollback, and approval decisions per
+second.
+
+A rollback answers at once; its signed report and the audit anchor are made by the worker afterwards. First a few
+rollbacks are made and the worker's CPU time (its process and children) is read until their reports exist, which
+gives `worker_cpu_ms_per_rollback`; then the 1,000 timed rollbacks run while the worker works through their
+reports, as it would in production.
 
 Runs against the stack `make up` started. Sets up its own model with three versions deployed to production
 through approved change requests, then alternates rollbacks; decisions are measured on fresh staging requests.
@@ -27,6 +33,7 @@ from rest_framework.authtoken.models import Token  # noqa: E402
 
 BASE_URL = os.environ.get("BENCH_BASE_URL", "http://127.0.0.1:8000")
 ROLLBACKS = int(os.environ.get("BENCH_ROLLBACKS", "1000"))
+CPU_SAMPLE_ROLLBACKS = int(os.environ.get("BENCH_CPU_SAMPLE_ROLLBACKS", "10"))
 DECISIONS = int(os.environ.get("BENCH_DECISIONS", "200"))
 
 
@@ -44,6 +51,34 @@ def check(response, expected=(200, 201)):
     if response.status_code not in expected:
         raise SystemExit(f"{response.request.method} {response.url} -> {response.status_code}: {response.text}")
     return response.json()
+
+
+def worker_cpu_seconds() -> float:
+    import psutil
+
+    worker = psutil.Process(int((ROOT / ".var" / "run" / "worker.pid").read_text()))
+    return sum(sum(p.cpu_times()[:2]) for p in [worker, *worker.children(recursive=True)])
+
+
+def worker_cpu_per_rollback(ops: requests.Session, url: str, model: str) -> float:
+    """The worker's CPU milliseconds per rollback: its report (render + sign) and the audit anchor."""
+    from reports.models import Report
+
+    def rollback_reports() -> int:
+        return Report.objects.filter(model__name=model, kind="rollback").count()
+
+    deadline = time.time() + 300
+    while time.time() < deadline and rollback_reports() == 0 and Report.objects.filter(
+            model__name=model).count() < 2:  # the deployments' reports, so they are not counted below
+        time.sleep(0.5)
+    time.sleep(2)
+    before = worker_cpu_seconds()
+    for index in range(CPU_SAMPLE_ROLLBACKS):
+        check(ops.post(url, json={"reason": "cpu sample", "to_version": 1 if index % 2 == 0 else 2}))
+    while time.time() < deadline and rollback_reports() < CPU_SAMPLE_ROLLBACKS:
+        time.sleep(0.2)
+    time.sleep(1)  # the anchor task queued by the last rollback
+    return round((worker_cpu_seconds() - before) * 1000 / CPU_SAMPLE_ROLLBACKS, 1)
 
 
 def main() -> None:
@@ -89,8 +124,9 @@ def main() -> None:
         check(approver.post(f"{BASE_URL}/api/v1/change-requests/{request['id']}/decisions",
                             json={"decision": "approve"}))
 
-    latencies = []
     url = f"{BASE_URL}/api/v1/models/{model}/aliases/production/rollback"
+    worker_cpu_ms = worker_cpu_per_rollback(ops, url, model)
+    latencies = []
     for index in range(ROLLBACKS):
         target = 1 if index % 2 == 0 else 2
         started = time.perf_counter()
@@ -117,6 +153,7 @@ def main() -> None:
         "rollback_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2),
         "rollback_max_ms": round(latencies[-1], 2),
         "rollbacks": ROLLBACKS,
+        "worker_cpu_ms_per_rollback": worker_cpu_ms,
         "decisions_per_s": round(decisions_per_s, 1),
         "decisions": DECISIONS,
         "base_url": BASE_URL,

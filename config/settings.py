@@ -177,7 +177,7 @@ WORK_DIR = Path(env_str("WORK_DIR", str(BASE_DIR / ".var" / "work")))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate header makes anonymous requests 401 rather than 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "foundation.authentication.TokenWithRolesAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -3,7 +3,7 @@
 Each event's hash covers a canonical JSON serialization of the event (time as integer UTC epoch microseconds,
 never a time-zone-dependent string) and the previous event's hash, so editing, inserting or deleting any event
 breaks the chain from that point on. Appends take a transaction-scoped advisory lock so that concurrent writers
-never fork the chain.
+never fork the chain (inside the database function foundation_append_audit_event, which hashes the same bytes).
 """
 import datetime
 import hashlib
@@ -17,7 +17,8 @@ from django.utils import timezone
 from foundation.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
-# Arbitrary constant naming the lock that serializes appends (pg_advisory_xact_lock takes a bigint).
+# Arbitrary constant naming the lock that serializes appends (pg_advisory_xact_lock takes a bigint); the append
+# function of migration foundation/0002 takes the same one.
 _APPEND_LOCK_ID = 0x61756469745F6C6B
 
 
@@ -26,21 +27,22 @@ def _epoch_microseconds(moment) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def canonical_event_bytes(*, sequence, occurred_at_us: int, actor_name, action, model_name, object_type, object_id,
-                          before, after, prev_hash) -> bytes:
-    document = {
-        "sequence": sequence,
-        "occurred_at_us": occurred_at_us,
-        "actor": actor_name,
-        "action": action,
-        "model": model_name,
-        "object_type": object_type,
-        "object_id": str(object_id),
-        "before": before,
-        "after": after,
-        "prev_hash": prev_hash,
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+def _content_document(*, occurred_at_us: int, actor_name, action, model_name, object_type, object_id, before,
+                      after) -> dict:
+    return {"occurred_at_us": occurred_at_us, "actor": actor_name, "action": action, "model": model_name,
+            "object_type": object_type, "object_id": str(object_id), "before": before, "after": after}
+
+
+def canonical_prefix(**content) -> str:
+    """The canonical JSON of an event up to its link to the chain. The two keys that link it, prev_hash and
+    sequence, sort after every other key, so the whole document is this prefix followed by
+    `"prev_hash":"<hash>","sequence":<n>}`: the database's append function completes it under the chain's lock."""
+    text = json.dumps(_content_document(**content), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text[:-1] + ","
+
+
+def canonical_event_bytes(*, sequence, prev_hash, **content) -> bytes:
+    return f'{canonical_prefix(**content)}"prev_hash":"{prev_hash}","sequence":{int(sequence)}}}'.encode()
 
 
 def _event_hash(event: AuditEvent, occurred_at_us: int) -> str:
@@ -60,28 +62,31 @@ def _json_roundtrip(value):
 
 def append_event(*, actor, action: str, object_type: str, object_id, model_name: str = "",
                  before=None, after=None) -> AuditEvent:
-    """Append one event to the chain; must run inside the transaction that makes the change it records."""
+    """Append one event to the chain; must run inside the transaction that makes the change it records.
+
+    The database function (migration foundation/0002) takes the chain's lock, links and hashes the event and
+    inserts it in one round trip; the lock is held until this transaction commits, so call this last."""
     if not connection.in_atomic_block:
         raise RuntimeError("append_event must run inside the transaction of the change it records")
+    event = AuditEvent(occurred_at=timezone.now(), actor=actor if getattr(actor, "pk", None) else None,
+                       actor_name=getattr(actor, "username", "") or "system", action=action, model_name=model_name,
+                       object_type=object_type, object_id=str(object_id), before=_json_roundtrip(before),
+                       after=_json_roundtrip(after))
+    prefix = canonical_prefix(occurred_at_us=_epoch_microseconds(event.occurred_at), actor_name=event.actor_name,
+                              action=action, model_name=model_name, object_type=object_type,
+                              object_id=event.object_id, before=event.before, after=event.after)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_APPEND_LOCK_ID])
-    last = AuditEvent.objects.order_by("-sequence").only("sequence", "hash").first()
-    event = AuditEvent(
-        sequence=(last.sequence + 1) if last else 1,
-        occurred_at=timezone.now(),
-        actor=actor if getattr(actor, "pk", None) else None,
-        actor_name=getattr(actor, "username", "") or "system",
-        action=action,
-        model_name=model_name,
-        object_type=object_type,
-        object_id=str(object_id),
-        before=_json_roundtrip(before),
-        after=_json_roundtrip(after),
-        prev_hash=last.hash if last else GENESIS_HASH,
-    )
-    event.hash = _event_hash(event, _epoch_microseconds(event.occurred_at))
-    event.save(force_insert=True)
+        cursor.execute("SELECT * FROM foundation_append_audit_event(%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, "
+                       "%s::jsonb)",
+                       [prefix, event.occurred_at, event.actor_id, event.actor_name, action, model_name, object_type,
+                        event.object_id, _json_text(event.before), _json_text(event.after)])
+        event.pk, event.sequence, event.prev_hash, event.hash = cursor.fetchone()
+    event._state.adding = False
     return event
+
+
+def _json_text(value) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def audit_events(*, model_name: str | None = None, action: str | None = None):

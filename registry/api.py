@@ -71,6 +71,7 @@ class VersionSerializer(serializers.ModelSerializer):
 
 
 class VersionListSerializer(serializers.ModelSerializer):
+    """The schema of a version list row (the rows themselves come from version_rows: no model instances)."""
     model = serializers.CharField(source="model.name")
     created_by = serializers.CharField(source="created_by.username")
 
@@ -78,6 +79,23 @@ class VersionListSerializer(serializers.ModelSerializer):
         model = ModelVersion
         fields = ["model", "number", "description", "status", "kind", "manifest_sha256", "created_by",
                   "created_at", "sealed_at"]
+
+
+def version_rows(page: list[dict]) -> list[dict]:
+    """List rows from selectors.version_list_rows, renamed to the contract's keys (VersionListSerializer's)."""
+    return [{"model": row["model_name"], "number": row["number"], "description": row["description"],
+             "status": row["status"], "kind": row["kind"], "manifest_sha256": row["manifest_sha256"],
+             "created_by": row["created_by_name"], "created_at": row["created_at"], "sealed_at": row["sealed_at"]}
+            for row in page]
+
+
+def new_draft_document(version: ModelVersion) -> dict:
+    """A version just created as a draft, as GET .../versions/{n}/ shows it: no files and no parents yet."""
+    return {"model": version.model.name, "number": version.number, "description": version.description,
+            "status": version.status, "kind": version.kind, "manifest_sha256": version.manifest_sha256,
+            "files": [], "parents": [], "quantization": version.quantization, "lora": version.lora,
+            "created_by": version.created_by.username, "created_at": version.created_at,
+            "sealed_at": version.sealed_at}
 
 
 class DatasetCreateSerializer(serializers.Serializer):
@@ -144,8 +162,8 @@ class VersionListView(APIView):
     @extend_schema(responses=VersionListSerializer(many=True), parameters=list_parameters(),
                    operation_id="models_versions_list")
     def get(self, request, name):
-        return paginated_response(request, selectors.versions_of(selectors.get_model(name)), ordering=("number",),
-                                  serialize=lambda page: VersionListSerializer(page, many=True).data)
+        return paginated_response(request, selectors.version_list_rows(selectors.get_model(name)),
+                                  ordering=("number",), serialize=version_rows)
 
     @extend_schema(request=VersionCreateSerializer, responses={201: VersionSerializer})
     def post(self, request, name):
@@ -153,8 +171,7 @@ class VersionListView(APIView):
         payload.is_valid(raise_exception=True)
         version = services.create_version(model=selectors.get_model(name), actor=request.user,
                                           **payload.validated_data)
-        return Response(VersionSerializer(selectors.version_detail(name, version.number)).data,
-                        status=status.HTTP_201_CREATED)
+        return Response(new_draft_document(version), status=status.HTTP_201_CREATED)
 
 
 class VersionDetailView(APIView):

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from foundation import storage
@@ -67,11 +67,14 @@ def create_model(*, name: str, description: str, actor, team: str | None = None)
 
 def _allocate_version(*, model: RegisteredModel, actor, kind: str, description: str,
                       source_job=None) -> ModelVersion:
-    locked = RegisteredModel.objects.select_for_update(no_key=True).get(pk=model.pk)
-    locked.last_version_number += 1
-    locked.save(update_fields=["last_version_number"])
-    return ModelVersion.objects.create(model=locked, number=locked.last_version_number, kind=kind,
-                                       description=description, created_by=actor, source_job=source_job)
+    # One statement takes the model's row lock and the next number, so concurrent creates queue on it briefly.
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {RegisteredModel._meta.db_table} SET last_version_number = last_version_number + 1 "
+                       "WHERE id = %s RETURNING last_version_number", [model.pk])
+        (number,) = cursor.fetchone()
+    model.last_version_number = number
+    return ModelVersion.objects.create(model=model, number=number, kind=kind, description=description,
+                                       created_by=actor, source_job=source_job)
 
 
 @transaction.atomic

@@ -65,6 +65,21 @@ def test_untouched_chain_verifies(chain):
     assert result.ok and result.events == 5 and result.first_bad is None
 
 
+def test_events_of_any_content_link_and_verify(engineer):
+    """The database links and hashes each event (foundation/0002); verification recomputes the same bytes."""
+    awkward = [None, {"reason": "Zürich desk — 信用 \u2028 \"quoted\" \\ back"}, {"prev_hash": "f" * 64, "sequence": 1},
+               {"nested": {"b": [1, 2.5, None, True], "a": {"z": -0.0001}}}, {"big": 10**18, "small": 1e-12}]
+    with transaction.atomic():
+        events = [append_event(actor=engineer if index % 2 else None, action="test.awkward", object_type="thing",
+                               object_id=index, before=value, after=value)
+                  for index, value in enumerate(awkward)]
+    assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+    assert all(later.prev_hash == earlier.hash for earlier, later in zip(events, events[1:]))
+    stored = AuditEvent.objects.get(sequence=2)
+    assert (stored.actor, stored.after, stored.hash) == (engineer, awkward[1], events[1].hash)
+    assert verify_chain().ok
+
+
 def test_edit_with_triggers_disabled_is_named_by_verification(chain, regulator):
     third = chain[2]
     _sql("ALTER TABLE governance_auditevent DISABLE TRIGGER USER")

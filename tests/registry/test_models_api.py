@@ -61,6 +61,17 @@ def test_version_numbers_count_up_per_model_and_start_as_draft(engineer_api):
     assert detail["status"] == "draft" and detail["kind"] == "upload" and detail["files"] == []
 
 
+def test_a_created_version_answers_as_it_reads_back_and_lists(engineer_api):
+    _new_version(engineer_api)
+    created = engineer_api.post("/api/v1/models/credit-llm/versions/", {"description": "retrained on Q3"},
+                                format="json").json()
+    assert created == engineer_api.get(f"/api/v1/models/credit-llm/versions/{created['number']}/").json()
+    listed = engineer_api.get("/api/v1/models/credit-llm/versions/").json()
+    assert [row["number"] for row in listed] == [1, 2]
+    assert listed[1] == {key: created[key] for key in ("model", "number", "description", "status", "kind",
+                                                       "manifest_sha256", "created_by", "created_at", "sealed_at")}
+
+
 def test_upload_records_size_and_sha256(engineer_api):
     _new_version(engineer_api)
     data = b'{"architectures": ["LlamaForCausalLM"]}'
@@ -185,6 +196,19 @@ def test_only_engineers_register_models(request, role_fixture):
 
 def test_user_without_any_role_cannot_read(no_role_user):
     assert client_for(no_role_user).get("/api/v1/models/").status_code == 403
+
+
+def test_tokens_carry_the_roles_of_the_moment(engineer, anonymous_api):
+    api = client_for(engineer)
+    assert api.post("/api/v1/models/", {"name": "credit-llm"}, format="json").status_code == 201
+    engineer.groups.clear()  # a role taken away counts from the next request on
+    assert api.post("/api/v1/models/", {"name": "fraud-llm"}, format="json").status_code == 403
+    engineer.is_active = False
+    engineer.save()
+    inactive = api.get("/api/v1/models/")
+    assert inactive.status_code == 401 and "inactive" in inactive.json()["detail"]
+    anonymous_api.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    assert anonymous_api.get("/api/v1/models/").json()["detail"] == "Invalid token."
 
 
 def test_missing_model_and_version_are_404_with_a_message(engineer_api):
