@@ -2,6 +2,7 @@
 tests/e2e/test_keepalive.py all start `gunicorn -c config/gunicorn.conf.py`, adding only where to listen (--bind)
 and, for the local stack, its pid and log files. Each value can be changed through the environment.
 """
+import os
 import sys
 from pathlib import Path
 
@@ -34,3 +35,12 @@ GIL_SWITCH_INTERVAL_S = env_int("WEB_GIL_SWITCH_INTERVAL_US", 500) / 1_000_000
 
 def post_fork(server, worker):
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+def child_exit(server, worker):
+    # prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR): a worker that exits has its live gauges
+    # dropped from the shared directory, so /metrics never adds up a dead process.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -21,7 +21,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # e.g. "X-Forwarded-Proto: https"; set it only when that proxy always overwrites the header.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 # Load balancers probe /healthz over plain HTTP from inside the network; a redirect would read as "down".
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SECURE_PROXY_SSL_HEADER = env_header("SECURE_PROXY_SSL_HEADER")
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
@@ -241,3 +241,4 @@ from config.settings_sso import *  # noqa: E402,F401,F403
 INSTALLED_APPS += [*INTEGRATION_APPS, *SSO_APPS]  # noqa: F405
 MIDDLEWARE = [*METRICS_MIDDLEWARE_BEFORE, *MIDDLEWARE, *SSO_MIDDLEWARE, *METRICS_MIDDLEWARE_AFTER]  # noqa: F405
 AUTHENTICATION_BACKENDS = [*SSO_AUTHENTICATION_BACKENDS, "django.contrib.auth.backends.ModelBackend"]  # noqa: F405
+CELERY_BEAT_SCHEDULE.update(INTEGRATION_BEAT_SCHEDULE)  # noqa: F405

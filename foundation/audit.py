@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from django.db import connection, transaction
+from django.db.models.signals import post_save
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -82,6 +83,9 @@ def append_event(*, actor, action: str, object_type: str, object_id, model_name:
                         event.object_id, _json_text(event.before), _json_text(event.after)])
         event.pk, event.sequence, event.prev_hash, event.hash = cursor.fetchone()
     event._state.adding = False
+    # The row was inserted by SQL, not by Model.save(): tell whoever listens for new audit rows, as save() would.
+    post_save.send(sender=AuditEvent, instance=event, created=True, update_fields=None, raw=False,
+                   using=connection.alias)
     return event
 
 

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 GENERATED = {
     "SECRET_KEY": lambda: secrets.token_urlsafe(64),
     "REPORT_PKI_PASSPHRASE": lambda: secrets.token_urlsafe(32),
+    "WEBHOOK_SECRETS_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

@@ -18,6 +18,10 @@ export WEB_PORT=${WEB_PORT:-8000}
 # The checkout's SeaweedFS: GOVERNANCE retention, so what the demo and benchmarks store can be cleaned up.
 export REPORT_RETENTION_MODE=${REPORT_RETENTION_MODE:-GOVERNANCE}
 export PYTHONUNBUFFERED=1
+# /metrics: the web's workers share their request metrics through this directory (emptied at each web start);
+# the local stack lets a scraper on this host read them without a token. Only the web process gets these.
+METRICS_DIR=${PROMETHEUS_MULTIPROC_DIR:-$VAR/prometheus}
+METRICS_NETWORKS=${METRICS_ALLOWED_NETWORKS:-127.0.0.1/32}
 BASE_URL="http://$WEB_HOST:$WEB_PORT"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -43,8 +47,10 @@ up() {
   if alive "$RUN/web.pid"; then
     echo "web already running (pid $(cat "$RUN/web.pid"))"
   else
+    rm -rf "$METRICS_DIR" && mkdir -p "$METRICS_DIR"
     # Every gunicorn option but these lives in config/gunicorn.conf.py (keep-alive, worker recycling, timeouts).
-    "$ROOT/.venv/bin/gunicorn" -c config/gunicorn.conf.py --bind "$WEB_HOST:$WEB_PORT" --pid "$RUN/web.pid" \
+    PROMETHEUS_MULTIPROC_DIR="$METRICS_DIR" METRICS_ALLOWED_NETWORKS="$METRICS_NETWORKS" \
+      "$ROOT/.venv/bin/gunicorn" -c config/gunicorn.conf.py --bind "$WEB_HOST:$WEB_PORT" --pid "$RUN/web.pid" \
       --daemon --access-logfile "$LOG/web-access.log" --error-logfile "$LOG/web.log"
   fi
   if alive "$RUN/worker.pid"; then

@@ -35,6 +35,9 @@ os.environ["CELERY_BROKER_URL"] = _BROKER_URL
 # Set once per run by the pytest process; its worker and web processes inherit it.
 _BROKER_KEY_PREFIX = os.environ.setdefault("TEST_RUN_BROKER_KEY_PREFIX", f"test-{os.getpid()}-{secrets.token_hex(4)}:")
 
+# Metrics of the suite's processes stay in each process (a developer's stack shares its own directory).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
 # The suite's own S3 server, with its own generated credentials (never a developer's exported ones).
 for _name in ("S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ACCESS_KEY_FILE", "S3_SECRET_KEY_FILE"):
     os.environ.pop(_name, None)
