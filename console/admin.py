@@ -1,8 +1,14 @@
 """The admin UI, one module per area; Django's admin autodiscovery imports this module."""
 from django.contrib import admin
 
-from console import audit_pages, governance_pages, job_pages, registry_pages, report_pages  # noqa: F401
-from console import analysis_pages  # noqa: F401
+from console import (  # noqa: F401
+    analysis_pages,  # noqa: F401
+    audit_pages,
+    governance_pages,
+    job_pages,
+    registry_pages,
+    report_pages,
+)
 
 admin.site.site_header = "LLM model registry"
 admin.site.site_title = "LLM model registry"

@@ -2,7 +2,7 @@
 the statistics, the worst layers and the charts the worker stored."""
 from django.contrib import admin
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from foundation.admin_access import RoleAccessMixin
 from reports.templatetags.report_format import num
@@ -71,8 +71,9 @@ def worst_layers(result: dict | None, top_n: int = TOP_LAYERS) -> list[dict]:
 
 
 def _version_link(version):
-    return format_html('<a href="{}" style="white-space:nowrap">{} v{}</a>', reverse("admin:registry_modelversion_change", args=[version.pk]),
-                       version.model.name, version.number)
+    return format_html('<a href="{}" style="white-space:nowrap">{} v{}</a>',
+                       reverse("admin:registry_modelversion_change", args=[version.pk]), version.model.name,
+                       version.number)
 
 
 @admin.register(Analysis)
@@ -83,8 +84,8 @@ class AnalysisAdmin(RoleAccessMixin, admin.ModelAdmin):
     list_select_related = ["candidate__model", "reference__model", "dataset", "job"]
     # No filter sidebar: at 1280 px it pushes the perplexity ratio and creation time out of view.
     search_fields = ["candidate__model__name"]
-    readonly_fields = ["candidate_link", "reference_link", "dataset", "status", "job_link", "params", "created_by",
-                       "created_at"]
+    readonly_fields = ["candidate_link", "reference_link", "dataset", "status", "job_link", "change_request_links",
+                       "params", "created_by", "created_at"]
     fields = readonly_fields
 
     def has_add_permission(self, request):
@@ -110,6 +111,14 @@ class AnalysisAdmin(RoleAccessMixin, admin.ModelAdmin):
     def job_link(self, obj):
         return format_html('<a href="{}">job {}</a>', reverse("admin:workers_job_change", args=[obj.job_id]),
                            obj.job_id)
+
+    @admin.display(description="Used by")
+    def change_request_links(self, obj):
+        links = [format_html('<a href="{}">change request #{}</a> ({}@{}, {})',
+                             reverse("admin:governance_changerequest_change", args=[request.pk]), request.pk,
+                             obj.candidate.model.name, request.alias, request.status)
+                 for request in obj.change_requests.order_by("-pk")]
+        return format_html_join(", ", "{}", ((link,) for link in links)) if links else "no change request"
 
     @admin.display(description="KL mean")
     def kl_mean(self, obj):

@@ -2,32 +2,31 @@
 aliases back in one click. Every action calls governance.services."""
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Prefetch
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
+from console import version_display
+from console.forms import RollbackForm, WithdrawForm
 from foundation.admin_access import RoleAccessMixin
 from foundation.errors import DomainError
 from foundation.roles import APPROVER, OPS, has_role
 from governance import selectors as governance_selectors
 from governance import services
 from governance.models import Alias, ChangeRequest
-from registry import selectors
+from reports import selectors as report_selectors
+from reports.models import Report
 
 
 class DecisionForm(forms.Form):
     comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 
 
-class RollbackForm(forms.Form):
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), help_text="Required: why production goes back.")
-    to_version = forms.IntegerField(required=False, min_value=1,
-                                    help_text="Optional: a version deployed here before; default the previous one.")
-
-
 def _draft_report(change_request):
     """The draft change-impact report of the request's current round: the PDF an approver's decision signs."""
-    drafts = change_request.reports.filter(status="draft").exclude(object_key="").order_by("-round", "-created_at", "-id")
+    drafts = (change_request.reports.filter(status="draft").exclude(object_key="")
+              .order_by("-round", "-created_at", "-id"))
     return drafts.filter(round=change_request.round).first() or drafts.first()
 
 
@@ -60,7 +59,9 @@ class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
 
     def get_urls(self):
         return [path("<int:request_id>/decide/", self.admin_site.admin_view(self.decide_view),
-                     name="governance_changerequest_decide")] + super().get_urls()
+                     name="governance_changerequest_decide"),
+                path("<int:request_id>/withdraw/", self.admin_site.admin_view(self.withdraw_view),
+                     name="governance_changerequest_withdraw")] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         change_request = get_object_or_404(governance_selectors.change_requests(), pk=object_id)
@@ -71,10 +72,15 @@ class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
             "analysis": analysis,
             "analysis_result": analysis.result if analysis else None,
             "plots": [f"/api/v1/analyses/{analysis.pk}/plots/{p['name']}" for p in analysis.plots] if analysis else [],
-            "lineage": selectors.lineage(change_request.to_version),
+            "lineage": version_display.lineage_view(change_request.to_version),
             "can_decide": change_request.status == "pending" and has_role(request.user, APPROVER),
             "decision_form": DecisionForm(),
             "draft_report": _draft_report(change_request),
+            "reports": report_selectors.reports(change_request_id=change_request.pk).order_by("-round", "-pk"),
+            "can_withdraw": (change_request.status in ChangeRequest.OPEN
+                             and change_request.requested_by_id == request.user.pk),
+            "withdraw_form": WithdrawForm(),
+            "alias": governance_selectors.aliases_of(change_request.model).filter(name=change_request.alias).first(),
         }
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
@@ -88,6 +94,19 @@ class ChangeRequestAdmin(RoleAccessMixin, admin.ModelAdmin):
                     decided = services.decide(change_request=change_request, actor=request.user, decision=decision,
                                               comment=form.cleaned_data["comment"])
                     messages.success(request, f"Recorded your {decision}; the request is now {decided.status}.")
+                except DomainError as error:
+                    messages.error(request, error.message)
+        return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[request_id]))
+
+    def withdraw_view(self, request, request_id):
+        change_request = get_object_or_404(governance_selectors.change_requests(), pk=request_id)
+        if request.method == "POST":
+            form = WithdrawForm(request.POST)
+            if form.is_valid():
+                try:
+                    services.withdraw_change_request(change_request=change_request,
+                                                     reason=form.cleaned_data["reason"], actor=request.user)
+                    messages.success(request, f"You withdrew change request #{request_id}.")
                 except DomainError as error:
                     messages.error(request, error.message)
         return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[request_id]))
@@ -110,19 +129,28 @@ class AliasAdmin(RoleAccessMixin, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         alias = get_object_or_404(governance_selectors.aliases(), pk=object_id)
+        targets = governance_selectors.rollback_targets(alias) if alias.version_id else []
+        default = governance_selectors.default_rollback_number(alias)
+        rollback_reports = Prefetch("reports", queryset=Report.objects.filter(kind=Report.Kind.ROLLBACK),
+                                    to_attr="rollback_reports")
+        deploy_reports = Prefetch("change_request__reports", queryset=Report.objects.filter(status="final"),
+                                  to_attr="final_reports")
         context = {
             "alias": alias,
-            "history": alias.changes.select_related("from_version", "to_version", "actor"),
-            "can_roll_back": has_role(request.user, OPS) and len(alias.deploy_stack) >= 1,
-            "previous_version": alias.deploy_stack[-2] if len(alias.deploy_stack) >= 2 else None,
-            "rollback_form": RollbackForm(),
+            "history": governance_selectors.alias_history(alias).select_related("change_request")
+                                           .prefetch_related(rollback_reports, deploy_reports),
+            "is_ops": has_role(request.user, OPS),
+            "rollback_targets": targets,
+            "default_rollback": default,
+            "rollback_form": RollbackForm(targets=targets, default=default),
         }
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
     def rollback_view(self, request, alias_id):
         alias = get_object_or_404(governance_selectors.aliases(), pk=alias_id)
         if request.method == "POST":
-            form = RollbackForm(request.POST)
+            targets = governance_selectors.rollback_targets(alias) if alias.version_id else []
+            form = RollbackForm(request.POST, targets=targets)
             if form.is_valid():
                 try:
                     change = services.roll_back(model=alias.model, alias=alias.name,
@@ -134,5 +162,6 @@ class AliasAdmin(RoleAccessMixin, admin.ModelAdmin):
                 except DomainError as error:
                     messages.error(request, error.message)
             else:
-                messages.error(request, "A rollback needs a reason.")
+                messages.error(request, " ".join(f"{form.fields[name].label or name}: {' '.join(errors)}"
+                                                 for name, errors in form.errors.items()))
         return HttpResponseRedirect(reverse("admin:governance_alias_change", args=[alias_id]))

@@ -5,18 +5,24 @@ approvers and ops) see everything read-only.
 """
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from console import version_actions, version_display
+from console.job_pages import job_result_links
 from foundation.admin_access import RoleAccessMixin
 from foundation.errors import DomainError
 from foundation.roles import ALL_ROLES, ML_ENGINEER, has_role
+from governance import selectors as governance_selectors
 from registry import selectors, services
 from registry.models import Dataset, ModelVersion, RegisteredModel, Team
+from reports import selectors as report_selectors
 from workers import selectors as job_selectors
 from workers import services as job_services
+from workers.models import Analysis
 from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 
 
@@ -37,23 +43,27 @@ class ModelCreateForm(forms.ModelForm):
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(RoleAccessMixin, admin.ModelAdmin):
     form = ModelCreateForm
+    change_form_template = "admin/registry/registeredmodel/change_form.html"
     list_display = ["name", "team", "description", "last_version_number", "created_by", "created_at"]
     list_filter = ["team"]
     search_fields = ["name", "description"]
-    readonly_fields = ["name", "team", "description", "last_version_number", "created_by", "created_at",
-                       "version_links"]
+    # The versions, aliases, change requests and reports are tables below the fields (the change form template).
+    readonly_fields = ["name", "team", "description", "last_version_number", "created_by", "created_at"]
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []
 
-    @admin.display(description="Versions")
-    def version_links(self, obj):
-        links = [
-            format_html('<a href="{}">v{} ({}, {})</a>',
-                        reverse("admin:registry_modelversion_change", args=[v.pk]), v.number, v.kind, v.status)
-            for v in obj.versions.order_by("number")
-        ]
-        return format_html("<br>".join(["{}"] * len(links)), *links) if links else "none yet"
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        model = RegisteredModel.objects.filter(pk=object_id).first()
+        context = {"registered_model": model}
+        if model:
+            context.update({
+                "aliases": governance_selectors.aliases_of(model).order_by("name"),
+                "versions": model.versions.select_related("created_by").order_by("-number"),
+                "change_requests": governance_selectors.change_requests(model_name=model.name).order_by("-pk")[:50],
+                "reports": report_selectors.reports(model_name=model.name).order_by("-pk")[:50],
+            })
+        return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -119,11 +129,18 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
     list_display = ["__str__", "kind", "status", "manifest_short", "created_by", "created_at"]
     list_filter = ["status", "kind", "model"]
     search_fields = ["model__name", "description"]
-    readonly_fields = ["model", "number", "kind", "status", "description", "manifest_sha256", "quantization",
-                       "lora", "created_by", "created_at", "sealed_at"]
+    readonly_fields = ["model", "number", "kind", "status", "description", "manifest_sha256", "created_by",
+                       "created_at", "sealed_at", "made_by_job"]
 
     def get_readonly_fields(self, request, obj=None):
         return self.readonly_fields if obj else []
+
+    @admin.display(description="Made by")
+    def made_by_job(self, obj):
+        if not obj.source_job_id:
+            return "an upload"
+        return format_html('<a href="{}">job {}</a>', reverse("admin:workers_job_change", args=[obj.source_job_id]),
+                           obj.source_job_id)
 
     @admin.display(description="Manifest")
     def manifest_short(self, obj):
@@ -142,6 +159,15 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
                  name="registry_modelversion_seal"),
             path("<int:version_id>/quantize/", self.admin_site.admin_view(self.quantize_view),
                  name="registry_modelversion_quantize"),
+            path("<int:version_id>/analysis/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.start_analysis_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_analysis"),
+            path("<int:version_id>/lora/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.start_lora_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_lora"),
+            path("<int:version_id>/change-request/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.open_change_request_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_change_request"),
         ]
         return custom + super().get_urls()
 
@@ -150,11 +176,23 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
         context = {
             "version": version,
             "files": version.files.all(),
-            "lineage": selectors.lineage(version),
-            "jobs": job_selectors.jobs().filter(source_version=version)[:20],
+            "lineage": version_display.lineage_view(version),
+            # Jobs on this version and the one that made it (a LoRA or quantized version's own job).
+            "jobs": [(job, job_result_links(job)) for job in job_selectors.jobs()
+                     .filter(Q(source_version=version) | Q(pk=version.source_job_id)).order_by("-pk")[:20]],
             "can_write": has_role(request.user, ML_ENGINEER),
             "upload_form": FileUploadForm(),
             "quantize_form": QuantizeForm(),
+            "quantization_rows": version_display.quantization_rows(version.quantization)
+            if version.quantization else None,
+            "lora_rows": version_display.lora_rows(version.lora) if version.lora else None,
+            "training_curve": version_display.training_curve_chart(version.lora),
+            "training_points": version_display.training_curve_rows(version.lora),
+            "aliases_here": version_display.version_aliases(version),
+            "analyses": Analysis.objects.select_related("candidate__model", "reference__model", "dataset", "job")
+                                        .filter(Q(candidate=version) | Q(reference=version)).order_by("-pk")[:20],
+            "change_requests": governance_selectors.change_requests().filter(to_version=version).order_by("-pk"),
+            **version_actions.version_forms(version),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)

@@ -55,3 +55,22 @@ def get_alias_of(model, name: str) -> Alias:
 
 def alias_history(alias: Alias) -> QuerySet[AliasChange]:
     return alias.changes.select_related("from_version", "to_version", "actor")
+
+
+def rollback_targets(alias: Alias) -> list:
+    """The versions a rollback of `alias` may return to (governance.services.roll_back's rule): those deployed to
+    it through an approved change request, other than the one it points at now. Newest deployment first."""
+    deployed = (ChangeRequest.objects.filter(model_id=alias.model_id, alias=alias.name,
+                                             status=ChangeRequest.Status.DEPLOYED)
+                .exclude(to_version_id=alias.version_id).select_related("to_version").order_by("-deployed_at", "-pk"))
+    targets, seen = [], set()
+    for request in deployed:
+        if request.to_version_id not in seen:
+            seen.add(request.to_version_id)
+            targets.append(request.to_version)
+    return targets
+
+
+def default_rollback_number(alias: Alias) -> int | None:
+    """The version a rollback without a named target returns to: the deployment before the current one."""
+    return alias.deploy_stack[-2] if len(alias.deploy_stack) >= 2 else None

@@ -62,7 +62,7 @@ def test_engineer_uploads_seals_and_quantizes_in_the_admin(web_server, worker, e
     _shot(page, "job-succeeded")
     quantized = ModelVersion.objects.get(model__name=f"ui-{unique}", number=2)
     page.goto(f"{web_server}/admin/registry/modelversion/{quantized.pk}/change/")
-    assert "quantized_from" in page.inner_text("#lineage")
+    assert "quantized from" in page.inner_text("#lineage")
 
 
 def test_approvers_approve_and_ops_roll_back_in_the_admin(web_server, e2e_users, unique, tiny_model_dir, browser):

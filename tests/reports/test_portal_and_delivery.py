@@ -63,6 +63,67 @@ def test_portal_shows_the_audit_trail_and_its_chain(history, regulator_browser):
     assert "Hash chain:" in page
 
 
+def test_portal_report_page_summarises_the_change_and_its_gates(history, regulator_browser):
+    report, request = history["reports"]["update"], history["requests"]["update"]
+
+    page = regulator_browser.get(f"/portal/reports/{report.pk}/").content.decode()
+
+    summary = page.split('id="change-summary"')[1].split("</table>")[0]
+    assert "credit-llm@production: v1 (upload) → v2 (quantized: nf4 quantization of v1)" in summary
+    assert f"#{request.pk}, deployed" in summary
+    assert "Quarter the serving memory. &lt;img" in summary and "<iframe" not in summary  # escaped, never markup
+    assert "Bob Approver: approve" in summary and "(2 required)" in summary
+    gates = page.split('id="report-gates"')[1].split("</table>")[0]
+    assert gates.count("<tr>") == len(request.gates) + 1 and "kl mean" in gates
+    assert "pass" in gates
+
+
+def test_portal_rollback_report_page_names_what_went_back_and_why(history, regulator_browser):
+    page = regulator_browser.get(f"/portal/reports/{history['reports']['rollback'].pk}/").content.decode()
+    summary = page.split('id="change-summary"')[1].split("</table>")[0]
+    assert "Rollback of" in summary and "credit-llm@production: v2 → v1" in summary and "Oscar Operator" in summary
+    assert 'id="report-gates"' not in page
+
+
+def test_portal_audit_trail_names_objects_in_product_words(history, regulator_browser):
+    page = regulator_browser.get("/portal/audit/", {"model": "credit-llm"}).content.decode()
+    update = history["requests"]["update"]
+    assert "credit-llm v2" in page and f"change request #{update.pk} (credit-llm@production → v2)" in page
+    assert "credit-llm@production" in page
+    assert "refuses deletion and overwriting" in page.split('id="anchor-explained"')[1]
+
+
+def test_portal_audit_trail_is_paged_and_keeps_its_filters(history, regulator_browser, monkeypatch):
+    from foundation.models import AuditEvent
+    from reports import portal
+
+    monkeypatch.setattr(portal, "AUDIT_PAGE_SIZE", 3)
+    total = AuditEvent.objects.filter(model_name="credit-llm").count()
+    first = regulator_browser.get("/portal/audit/", {"model": "credit-llm"}).content.decode()
+    assert f"Events 1–3 of {total}" in first and first.count("<tr><td>") == 3
+    assert 'href="?model=credit-llm&amp;page=2" rel="next"' in first
+    last_page = (total + 2) // 3
+    last = regulator_browser.get("/portal/audit/", {"model": "credit-llm", "page": last_page}).content.decode()
+    oldest = AuditEvent.objects.filter(model_name="credit-llm").order_by("sequence").first()
+    assert f"<tr><td>{oldest.sequence}</td>" in last and "rel=\"prev\"" in last
+
+
+def test_portal_audit_trail_filters_by_action_actor_and_time(history, regulator_browser):
+    from foundation.models import AuditEvent
+
+    page = regulator_browser.get("/portal/audit/", {"action": "change_request.approved", "actor": "carol"}).content
+    page = page.decode()
+    expected = AuditEvent.objects.filter(action="change_request.approved", actor_name="carol").count()
+    assert expected and page.count("<tr><td>") == expected and "bob" not in page.split('id="audit-events"')[1]
+    future = regulator_browser.get("/portal/audit/", {"since": "2999-01-01"}).content.decode()
+    assert "No events match" in future
+    today = AuditEvent.objects.order_by("-sequence").first().occurred_at.date().isoformat()
+    bounded = regulator_browser.get("/portal/audit/", {"since": today, "until": today}).content.decode()
+    assert "No events match" not in bounded
+    bad = regulator_browser.get("/portal/audit/", {"since": "yesterday"}).content.decode()
+    assert "is not a date (YYYY-MM-DD); the since filter is ignored" in bad
+
+
 def test_portal_needs_a_login(history):
     response = Client().get("/portal/")
 

@@ -1,0 +1,136 @@
+"""The version page's write actions that start work elsewhere: an analysis, a LoRA update, a change request.
+
+Each posts to its own URL. A valid request goes through the API's serializer and the service the API view calls,
+then lands on the job (or change request) page; a refused one is shown again on a page of its own, the form
+with the service's message next to the field it names.
+"""
+from django.contrib import messages
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+
+from console.forms import (
+    AnalysisStartForm,
+    ChangeRequestOpenForm,
+    LoraUpdateForm,
+    add_domain_error,
+    add_serializer_errors,
+)
+from foundation.errors import DomainError
+from foundation.roles import ML_ENGINEER, has_role
+from governance import selectors as governance_selectors
+from governance import services as governance_services
+from governance.api import ChangeRequestOpenSerializer
+from registry import selectors
+from registry.models import ModelVersion
+from workers import services as job_services
+from workers.api import AnalysisRequestSerializer, LoraRequestSerializer
+
+
+def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
+    """The three forms of a version page, unbound (or `only` one of them bound to `data`)."""
+    def bind(name):
+        return data if only == name else None
+
+    return {
+        "analysis_form": AnalysisStartForm(bind("analysis"), version=version, prefix="analysis"),
+        "lora_form": LoraUpdateForm(bind("lora"), version=version, prefix="lora",
+                                    module_names=selectors.module_names_of(version)),
+        "change_request_form": ChangeRequestOpenForm(
+            bind("change_request"), version=version, prefix="cr",
+            alias_names=list(governance_selectors.aliases_of(version.model).values_list("name", flat=True))),
+    }
+
+
+ACTIONS = {
+    "analysis": {"title": "Start an analysis", "form": "analysis_form", "submit": "Start analysis"},
+    "lora": {"title": "Train a LoRA update", "form": "lora_form", "submit": "Start training"},
+    "change_request": {"title": "Open a change request", "form": "change_request_form",
+                       "submit": "Open change request"},
+}
+
+
+def _refused(request, admin_site, version, action: str, form):
+    """The form again, on a page of its own, with what was wrong next to each field."""
+    context = {**admin_site.each_context(request), "version": version, "form": form, "action": action,
+               "title": f"{ACTIONS[action]['title']} on {version.model.name} v{version.number}",
+               "submit": ACTIONS[action]["submit"],
+               "action_url": reverse(f"admin:registry_modelversion_{action}", args=[version.pk]),
+               "version_url": reverse("admin:registry_modelversion_change", args=[version.pk]),
+               "opts": ModelVersion._meta}
+    # 200 like any admin form shown again with its errors (an error status would be answered as JSON).
+    return TemplateResponse(request, "admin/registry/modelversion/action_form.html", context)
+
+
+def _version_or_back(request, version_id):
+    version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=version_id)
+    back = HttpResponseRedirect(reverse("admin:registry_modelversion_change", args=[version_id]))
+    if request.method != "POST":
+        return version, back
+    if not has_role(request.user, ML_ENGINEER):
+        messages.error(request, "This needs the ml_engineer role.")
+        return version, back
+    return version, None
+
+
+def start_analysis_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="analysis")["analysis_form"]
+    payload = form.api_payload() if form.is_valid() else None
+    data = payload and add_serializer_errors(form, AnalysisRequestSerializer, payload)
+    if data:
+        try:
+            reference = selectors.get_version(version.model.name, data["reference"]) if data.get("reference") else None
+            analysis = job_services.request_analysis(candidate=version, reference=reference,
+                                                     dataset=form.cleaned_data["dataset"],
+                                                     max_tokens=data["max_tokens"], top_k=data["top_k"],
+                                                     actor=request.user)
+            messages.success(request, f"Analysis {analysis.pk} of v{version.number} against "
+                                      f"v{analysis.reference.number} queued as job {analysis.job_id}.")
+            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[analysis.job_id]))
+        except DomainError as error:
+            add_domain_error(form, error)
+    return _refused(request, admin_site, version, "analysis", form)
+
+
+def start_lora_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="lora")["lora_form"]
+    payload = form.api_payload() if form.is_valid() else None
+    data = payload and add_serializer_errors(form, LoraRequestSerializer, payload)
+    if data:
+        lora_settings = dict(data)
+        lora_settings.pop("dataset")
+        try:
+            job = job_services.start_lora_update(base=version, dataset=form.cleaned_data["dataset"],
+                                                 lora_settings=lora_settings, actor=request.user)
+            messages.success(request, f"LoRA update of v{version.number} queued as job {job.pk}.")
+            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))
+        except DomainError as error:
+            add_domain_error(form, error)
+    return _refused(request, admin_site, version, "lora", form)
+
+
+def open_change_request_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="change_request")["change_request_form"]
+    payload = form.api_payload() if form.is_valid() else None
+    data = payload and add_serializer_errors(form, ChangeRequestOpenSerializer, payload)
+    if data:
+        try:
+            change_request = governance_services.open_change_request(
+                model=version.model, alias=data["alias"], version_number=data["version"],
+                justification=data["justification"], dataset_id=data.get("dataset"), actor=request.user)
+            messages.success(request, f"Change request #{change_request.pk} opened: {version.model.name}@"
+                                      f"{change_request.alias} → v{version.number} ({change_request.status}).")
+            return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[change_request.pk]))
+        except DomainError as error:
+            add_domain_error(form, error)
+    return _refused(request, admin_site, version, "change_request", form)
