@@ -27,6 +27,9 @@ class ChangeRequestOpenSerializer(serializers.Serializer):
     justification = serializers.CharField(max_length=20_000)
     dataset = serializers.IntegerField(required=False, min_value=1,
                                        help_text="Evaluation dataset for the gates' analysis (default: newest).")
+    eval_dataset = serializers.IntegerField(required=False, min_value=1,
+                                            help_text="Labelled evaluation dataset for the task gates (accuracy "
+                                                      "drop, relative F1); default: the policy's.")
 
 
 class DecisionSerializer(serializers.Serializer):
@@ -47,11 +50,21 @@ class PolicySerializer(serializers.Serializer):
     # Optional in a PUT: left out, they keep their current values.
     auto_rollback = serializers.BooleanField(required=False)
     max_error_increase = serializers.FloatField(required=False, min_value=0.0, max_value=100.0)
+    eval_dataset = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                            help_text="Labelled evaluation dataset the task gates are measured on "
+                                                      "when a change request names none (null: none).")
 
     def validate_gates(self, gates):
         unknown = set(gates) - set(GATE_THRESHOLD_FIELDS)
         if unknown:
             raise serializers.ValidationError(f"Unknown gates: {', '.join(sorted(unknown))}.")
+        drop = gates.get("accuracy_drop_max")
+        if drop is not None and not 0 <= drop <= 100:
+            raise serializers.ValidationError("accuracy_drop_max is in accuracy points: from 0 to 100.")
+        ratio = gates.get("f1_relative_min")
+        if ratio is not None and not 0 < ratio <= 10:
+            raise serializers.ValidationError("f1_relative_min is candidate F1 / reference F1: above 0, such as "
+                                              "0.9.")
         return gates
 
 
@@ -68,7 +81,8 @@ def change_request_document(request: ChangeRequest) -> dict:
              "round": d.round}
             for d in request.decisions.all()
         ],
-        "gates": request.gates, "analysis": request.analysis_id, "policy": request.policy_snapshot,
+        "gates": request.gates, "analysis": request.analysis_id, "evaluation": request.evaluation_id,
+        "dataset": request.dataset_id, "eval_dataset": request.eval_dataset_id, "policy": request.policy_snapshot,
         "expires_at": request.expires_at, "created_at": request.created_at, "deployed_at": request.deployed_at,
     }
 
@@ -77,7 +91,8 @@ def policy_document(policy: dict) -> dict:
     return {"required_approvals": policy["required_approvals"],
             "gates": {field: policy[field] for field in GATE_THRESHOLD_FIELDS},
             "allow_override": policy["allow_override"], "expiry_days": policy["expiry_days"],
-            "auto_rollback": policy["auto_rollback"], "max_error_increase": policy["max_error_increase"]}
+            "auto_rollback": policy["auto_rollback"], "max_error_increase": policy["max_error_increase"],
+            "eval_dataset": policy.get("eval_dataset")}
 
 
 class ChangeRequestListView(APIView):
@@ -102,7 +117,8 @@ class ChangeRequestListView(APIView):
         data = payload.validated_data
         change_request = services.open_change_request(
             model=selectors.get_model(data["model"]), alias=data["alias"], version_number=data["version"],
-            justification=data["justification"], dataset_id=data.get("dataset"), actor=request.user)
+            justification=data["justification"], dataset_id=data.get("dataset"),
+            eval_dataset_id=data.get("eval_dataset"), actor=request.user)
         return Response(change_request_document(governance_selectors.get_change_request(change_request.pk)),
                         status=status.HTTP_201_CREATED)
 
@@ -157,7 +173,8 @@ class PolicyView(APIView):
         data = payload.validated_data
         values = {"required_approvals": data["required_approvals"], "allow_override": data["allow_override"],
                   "expiry_days": data["expiry_days"], **data["gates"]}
-        values.update({field: data[field] for field in ("auto_rollback", "max_error_increase") if field in data})
+        values.update({field: data[field] for field in ("auto_rollback", "max_error_increase", "eval_dataset")
+                       if field in data})
         policy = services.set_policy(model=selectors.get_model(name), alias=alias, values=values, actor=request.user)
         return Response(policy_document(policy))
 

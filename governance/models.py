@@ -23,12 +23,19 @@ GATES = (
     Gate("same_top1_min", "same_top1", "min"),
     Gate("ppl_ratio_max", "ppl_ratio", "max"),
     Gate("flip_rate_max", "flip_rate", "max"),
+    # Task gates, measured by an evaluation on a labelled set (workers.Evaluation), not by the analysis.
+    Gate("accuracy_drop_max", "accuracy_drop", "max"),  # reference accuracy minus candidate's, in points
+    Gate("f1_relative_min", "f1_relative", "min"),  # candidate F1 / reference F1
 )
 GATE_THRESHOLD_FIELDS = tuple(gate.threshold_field for gate in GATES)
+TASK_GATE_MEASURES = ("accuracy_drop", "f1_relative")
 # Defaults from published llama.cpp quantization figures (perplexity/KL tables for Q4-class quantizations):
 # mean KL <= 0.035, same top-1 >= 0.91, perplexity ratio <= 1.03.
 DEFAULT_GATES = {"kl_mean_max": 0.035, "kl_p99_max": None, "same_top1_min": 0.91, "ppl_ratio_max": 1.03,
-                 "flip_rate_max": None}
+                 "flip_rate_max": None, "accuracy_drop_max": None, "f1_relative_min": None}
+# The accuracy gate a change request gets when an evaluation dataset is named and the policy sets none: the
+# "accuracy must not drop by more than 2 points after quantization" rule of bank validators (the EvalScope CMMLU check).
+DEFAULT_ACCURACY_DROP_MAX = 2.0
 
 
 class Policy(models.Model):
@@ -40,6 +47,11 @@ class Policy(models.Model):
     same_top1_min = models.FloatField(null=True, blank=True)
     ppl_ratio_max = models.FloatField(null=True, blank=True)
     flip_rate_max = models.FloatField(null=True, blank=True)
+    accuracy_drop_max = models.FloatField(null=True, blank=True)
+    f1_relative_min = models.FloatField(null=True, blank=True)
+    # The labelled set the task gates are measured on when a change request names none.
+    eval_dataset = models.ForeignKey("registry.Dataset", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
     allow_override = models.BooleanField(default=False)
     expiry_days = models.PositiveSmallIntegerField(default=7)
     # An alarm (Alertmanager or a health report) may roll this alias back without a person when this is set.
@@ -86,6 +98,11 @@ class ChangeRequest(models.Model):
                                  related_name="change_requests")
     dataset = models.ForeignKey("registry.Dataset", null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="+")
+    # The task evaluation the accuracy / F1 gates come from, and the labelled set it runs on (None: no task gates).
+    evaluation = models.ForeignKey("workers.Evaluation", null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="change_requests")
+    eval_dataset = models.ForeignKey("registry.Dataset", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
     gates = models.JSONField(default=list)
     # The policy as it stood when the gates were computed: what the approvers are asked to sign against.
     policy_snapshot = models.JSONField(default=dict)

@@ -16,6 +16,7 @@ from foundation.roles import APPROVER, ML_ENGINEER, OPS, has_role
 from foundation.tasks import anchor_audit_head
 from governance import signals
 from governance.models import (
+    DEFAULT_ACCURACY_DROP_MAX,
     DEFAULT_GATES,
     GATE_THRESHOLD_FIELDS,
     GATES,
@@ -28,26 +29,47 @@ from governance.models import (
 from registry.models import Dataset, ModelVersion, RegisteredModel
 from registry.selectors import newest_evaluation_dataset
 from registry.teams import require_team_member
-from workers.models import Analysis
-from workers.services import start_analysis
+from workers.models import Analysis, Evaluation
+from workers.services import evaluation_task_type, start_analysis, start_evaluation
 
 POLICY_FIELDS = ("required_approvals", *GATE_THRESHOLD_FIELDS, "allow_override", "expiry_days", "auto_rollback",
                  "max_error_increase")
 # What gating (_apply_gates, _gate_or_queue) may change on a change request, and what moving its alias changes.
-_GATED_FIELDS = ["policy_snapshot", "required_approvals", "override", "analysis", "gates", "status", "status_reason"]
+_GATED_FIELDS = ["policy_snapshot", "required_approvals", "override", "analysis", "evaluation", "gates", "status",
+                 "status_reason"]
 _REGATED_FIELDS = [*_GATED_FIELDS, "from_version", "round", "dataset"]
+
+
+# Which metric of an evaluation each task gate reads, per task type (workers.pipelines.evaluation).
+ACCURACY_METRIC = {"classification": "accuracy", "multiple_choice": "acc", "generation": "exact_match"}
+F1_METRIC = {"classification": "macro_f1", "generation": "token_f1"}
 
 
 def default_policy(alias: str) -> dict:
     return {"required_approvals": 2 if alias == "production" else 1, **DEFAULT_GATES, "allow_override": False,
-            "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05}
+            "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05, "eval_dataset": None}
 
 
 def effective_policy(model: RegisteredModel, alias: str) -> dict:
     policy = Policy.objects.filter(model=model, alias=alias).first()
     if policy is None:
         return default_policy(alias)
-    return {field: getattr(policy, field) for field in POLICY_FIELDS}
+    return {**{field: getattr(policy, field) for field in POLICY_FIELDS}, "eval_dataset": policy.eval_dataset_id}
+
+
+def _check_eval_dataset(dataset_id) -> Dataset | None:
+    """The labelled set task gates are measured on: it must exist and pose a task (or a clear 4xx)."""
+    if dataset_id is None:
+        return None
+    dataset = Dataset.objects.filter(pk=dataset_id).first()
+    if dataset is None:
+        raise NotFound(f"No dataset with id {dataset_id}.", field="eval_dataset")
+    try:
+        evaluation_task_type(dataset)
+    except (InvalidInput, Unprocessable) as error:
+        error.field = "eval_dataset"
+        raise
+    return dataset
 
 
 @transaction.atomic
@@ -59,12 +81,15 @@ def set_policy(*, model: RegisteredModel, alias: str, values: dict, actor) -> di
     merged = {**before, **values}
     if merged["required_approvals"] < 1:
         raise InvalidInput("required_approvals must be at least 1.", field="required_approvals")
+    eval_dataset = _check_eval_dataset(merged["eval_dataset"])
+    fields = {field: merged[field] for field in POLICY_FIELDS}
     policy, _ = Policy.objects.select_for_update(no_key=True).get_or_create(
-        model=model, alias=alias, defaults={**merged, "updated_by": actor})
+        model=model, alias=alias, defaults={**fields, "eval_dataset": eval_dataset, "updated_by": actor})
     for field in POLICY_FIELDS:
         setattr(policy, field, merged[field])
+    policy.eval_dataset = eval_dataset
     policy.updated_by = actor
-    policy.save(update_fields=[*POLICY_FIELDS, "updated_by", "updated_at"])
+    policy.save(update_fields=[*POLICY_FIELDS, "eval_dataset", "updated_by", "updated_at"])
     append_event(actor=actor, action="policy.updated", object_type="policy", object_id=policy.pk,
                  model_name=model.name, before=before, after=merged | {"alias": alias})
     return merged
@@ -77,23 +102,69 @@ def measured_values(result: dict) -> dict:
             "ppl_ratio": result["ppl_ratio"], "flip_rate": flips.get("rate")}
 
 
-def compute_gates(result: dict, policy: dict) -> list[dict]:
-    """Gate rows {name, threshold, value, passed} for every threshold the policy sets."""
+def task_measures(evaluation_result: dict | None, *, missing: str) -> dict:
+    """The task gates' measures from an evaluation with a reference: {measure: {value, stderr, metric} or {value:
+    None, note}}. accuracy_drop is reference minus candidate accuracy in points (what was lost); f1_relative is
+    candidate F1 / reference F1. `missing` is the note when there is no evaluation to read."""
+    if evaluation_result is None:
+        return {measure: {"value": None, "note": missing} for measure in ("accuracy_drop", "f1_relative")}
+    task_type = evaluation_result["task_type"]
+    deltas = evaluation_result.get("deltas") or {}
+    measures = {}
+    accuracy_metric = ACCURACY_METRIC[task_type]
+    accuracy = deltas.get(accuracy_metric)
+    if accuracy is None:
+        measures["accuracy_drop"] = {"value": None, "note": "not measured: the evaluation compared no reference"}
+    else:
+        measures["accuracy_drop"] = {"value": -accuracy["delta"] + 0.0, "stderr": accuracy["stderr"],
+                                     "metric": accuracy_metric,
+                                     "note": f"{accuracy_metric}: reference minus candidate, in points"}
+    f1_metric = F1_METRIC.get(task_type)
+    f1 = deltas.get(f1_metric) if f1_metric else None
+    if f1_metric is None:
+        measures["f1_relative"] = {"value": None, "note": "not measured: a multiple-choice set has no F1; use a "
+                                   "classification ({text, label}) or generation ({prompt, answer}) set"}
+    elif f1 is None or f1.get("f1_relative") is None:
+        measures["f1_relative"] = {"value": None, "note": "not measured: the reference's F1 is 0 or unknown"}
+    else:
+        measures["f1_relative"] = {"value": f1["f1_relative"], "stderr": f1.get("f1_relative_stderr"),
+                                   "metric": f1_metric, "note": f"candidate {f1_metric} / reference {f1_metric}"}
+    return measures
+
+
+def compute_gates(result: dict, policy: dict, *, evaluation_result: dict | None = None,
+                  evaluation_missing: str = "not measured: no evaluation dataset was named (eval_dataset of the "
+                                            "change request or of the policy)") -> list[dict]:
+    """Gate rows {name, threshold, value, passed[, stderr, metric, note]} for every threshold the policy sets.
+    A gate that could not be measured fails (closed), with the reason in its note."""
     measured = measured_values(result)
+    tasks = task_measures(evaluation_result, missing=evaluation_missing)
     gates = []
     for gate in GATES:
         threshold = policy.get(gate.threshold_field)
         if threshold is None:
             continue
-        value = measured[gate.measure]
+        task = tasks.get(gate.measure)
+        value = task["value"] if task else measured[gate.measure]
         if value is None:
-            gates.append({"name": gate.measure, "threshold": threshold, "value": None, "passed": False,
-                          "note": "not measured: use a multiple-choice evaluation dataset"
-                          if gate.measure == "flip_rate" else "not measured"})
+            note = task["note"] if task else ("not measured: use a multiple-choice evaluation dataset"
+                                              if gate.measure == "flip_rate" else "not measured")
+            gates.append({"name": gate.measure, "threshold": threshold, "value": None, "passed": False, "note": note})
             continue
         passed = value <= threshold if gate.bound == "max" else value >= threshold
-        gates.append({"name": gate.measure, "threshold": threshold, "value": value, "passed": bool(passed)})
+        row = {"name": gate.measure, "threshold": threshold, "value": value, "passed": bool(passed)}
+        if task:
+            row.update(stderr=task["stderr"], metric=task["metric"], note=task["note"])
+        gates.append(row)
     return gates
+
+
+def _gating_policy(request: ChangeRequest) -> dict:
+    """The alias's policy, with the default accuracy gate when the request is evaluated and the policy has none."""
+    policy = effective_policy(request.model, request.alias)
+    if request.eval_dataset_id and policy["accuracy_drop_max"] is None:
+        policy["accuracy_drop_max"] = DEFAULT_ACCURACY_DROP_MAX
+    return policy
 
 
 def _snapshot(request: ChangeRequest) -> dict:
@@ -102,14 +173,17 @@ def _snapshot(request: ChangeRequest) -> dict:
             "override": request.override, "round": request.round, "gates": request.gates}
 
 
-def _apply_gates(request: ChangeRequest, analysis: Analysis | None) -> None:
-    """Set status, gates and quorum from the analysis (or none, for a first deployment)."""
-    policy = effective_policy(request.model, request.alias)
+def _apply_gates(request: ChangeRequest, analysis: Analysis | None, evaluation: Evaluation | None = None) -> None:
+    """Set status, gates and quorum from the analysis and the evaluation (or none, for a first deployment)."""
+    policy = _gating_policy(request)
     request.policy_snapshot = policy
     request.required_approvals = policy["required_approvals"]
     request.override = False
     request.analysis = analysis
-    request.gates = compute_gates(analysis.result, policy) if analysis else []
+    request.evaluation = evaluation
+    request.gates = (compute_gates(analysis.result, policy,
+                                   evaluation_result=evaluation.result if evaluation else None)
+                     if analysis else [])
     if all(gate["passed"] for gate in request.gates):
         request.status, request.status_reason = ChangeRequest.Status.PENDING, ""
     elif policy["allow_override"]:
@@ -132,6 +206,18 @@ def _pending_analysis(reference: ModelVersion, candidate: ModelVersion) -> Analy
                                     job__status__in=["queued", "running"]).order_by("-created_at").first())
 
 
+def _find_evaluation(reference: ModelVersion, candidate: ModelVersion, dataset: Dataset) -> Evaluation | None:
+    """A finished evaluation of candidate against reference on the whole labelled set (limited runs never gate)."""
+    return (Evaluation.objects.filter(reference=reference, candidate=candidate, dataset=dataset, limit__isnull=True,
+                                      result__isnull=False).order_by("-created_at").first())
+
+
+def _pending_evaluation(reference: ModelVersion, candidate: ModelVersion, dataset: Dataset) -> Evaluation | None:
+    return (Evaluation.objects.filter(reference=reference, candidate=candidate, dataset=dataset, limit__isnull=True,
+                                      result__isnull=True, job__status__in=["queued", "running"])
+            .order_by("-created_at").first())
+
+
 def _evaluation_dataset(dataset_id) -> Dataset:
     if dataset_id is not None:
         dataset = Dataset.objects.filter(pk=dataset_id).first()
@@ -146,25 +232,37 @@ def _evaluation_dataset(dataset_id) -> Dataset:
 
 
 def _gate_or_queue(request: ChangeRequest, actor) -> None:
-    """Compute gates now if the analysis exists; otherwise queue it and wait in `analysing` (or `stale`)."""
+    """Compute gates now if the analysis (and the evaluation, when the request has a labelled set) exist; otherwise
+    queue what is missing and wait in `analysing` (or `stale`)."""
     if request.from_version is None:
         _apply_gates(request, None)
         return
-    analysis = _find_analysis(request.from_version, request.to_version)
-    if analysis:
-        _apply_gates(request, analysis)
+    reference, candidate = request.from_version, request.to_version
+    analysis = (_find_analysis(reference, candidate) or _pending_analysis(reference, candidate)
+                or start_analysis(candidate=candidate, reference=reference, dataset=request.dataset, actor=actor))
+    evaluation = None
+    if request.eval_dataset_id:
+        dataset = request.eval_dataset
+        evaluation = (_find_evaluation(reference, candidate, dataset) or _pending_evaluation(reference, candidate,
+                                                                                             dataset)
+                      or start_evaluation(candidate=candidate, reference=reference, dataset=dataset, actor=actor))
+    if _measured(analysis, evaluation):
+        _apply_gates(request, analysis, evaluation)
         return
-    analysis = _pending_analysis(request.from_version, request.to_version) or start_analysis(
-        candidate=request.to_version, reference=request.from_version, dataset=request.dataset, actor=actor)
-    request.analysis = analysis
+    request.analysis, request.evaluation = analysis, evaluation
     request.gates = []
     if request.status != ChangeRequest.Status.STALE:
         request.status = ChangeRequest.Status.ANALYSING
 
 
+def _measured(analysis: Analysis, evaluation: Evaluation | None) -> bool:
+    return analysis.result is not None and (evaluation is None or evaluation.result is not None)
+
+
 def open_change_request(*, model: RegisteredModel, alias: str, version_number: int, justification: str,
-                        dataset_id=None, actor) -> ChangeRequest:
-    """Ask to point `alias` at a sealed version; gates come from an analysis against the alias's current version."""
+                        dataset_id=None, eval_dataset_id=None, actor) -> ChangeRequest:
+    """Ask to point `alias` at a sealed version; gates come from an analysis against the alias's current version
+    and, with a labelled set (`eval_dataset_id` or the policy's), from a task evaluation against it."""
     if not has_role(actor, ML_ENGINEER):
         raise PermissionDenied("Opening a change request needs the ml_engineer role.")
     require_team_member(actor=actor, model=model)
@@ -188,6 +286,8 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
         )
         if request.from_version is not None:
             request.dataset = _evaluation_dataset(dataset_id)
+            request.eval_dataset = _check_eval_dataset(eval_dataset_id if eval_dataset_id is not None
+                                                       else policy["eval_dataset"])
         _gate_or_queue(request, actor)
         request.save(force_insert=True)
         append_event(actor=actor, action="change_request.opened", object_type="change_request",
@@ -200,13 +300,26 @@ def open_change_request(*, model: RegisteredModel, alias: str, version_number: i
 
 @transaction.atomic
 def analysis_completed(*, analysis_id: int) -> None:
-    """Requests waiting for this analysis get their gates."""
+    """Requests waiting for this analysis get their gates (once their evaluation, if any, is done too)."""
+    _gate_waiting(analysis_id=analysis_id)
+
+
+@transaction.atomic
+def evaluation_completed(*, evaluation_id: int) -> None:
+    """Requests waiting for this evaluation get their gates (once their analysis is done too)."""
+    _gate_waiting(evaluation_id=evaluation_id)
+
+
+def _gate_waiting(**waits_on) -> None:
     for request in (ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
                     .select_related("model", "from_version", "to_version")
-                    .filter(analysis_id=analysis_id,
-                            status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
+                    .filter(**waits_on, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE])):
+        analysis = Analysis.objects.get(pk=request.analysis_id)
+        evaluation = Evaluation.objects.get(pk=request.evaluation_id) if request.evaluation_id else None
+        if not _measured(analysis, evaluation):
+            continue  # the other half is still running; its announcement gates the request
         before = _snapshot(request)
-        _apply_gates(request, Analysis.objects.get(pk=analysis_id))
+        _apply_gates(request, analysis, evaluation)
         request.save(update_fields=_GATED_FIELDS)
         append_event(actor=None, action="change_request.gated", object_type="change_request", object_id=request.pk,
                      model_name=request.model.name, before=before, after=_snapshot(request))
@@ -216,12 +329,22 @@ def analysis_completed(*, analysis_id: int) -> None:
 
 @transaction.atomic
 def analysis_failed(*, analysis_id: int, error: str) -> None:
+    _block_waiting(f"The analysis failed: {error}", analysis_id=analysis_id)
+
+
+@transaction.atomic
+def evaluation_failed(*, evaluation_id: int, error: str) -> None:
+    """Task gates that cannot be measured fail closed: requests waiting for this evaluation are blocked."""
+    _block_waiting(f"The task evaluation failed, so the accuracy and F1 gates cannot be measured: {error}",
+                   evaluation_id=evaluation_id)
+
+
+def _block_waiting(reason: str, **waits_on) -> None:
     for request in ChangeRequest.objects.select_for_update(of=("self",), no_key=True).select_related(
-            "model").filter(
-            analysis_id=analysis_id, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE]):
+            "model").filter(**waits_on, status__in=[ChangeRequest.Status.ANALYSING, ChangeRequest.Status.STALE]):
         before = _snapshot(request)
         request.status = ChangeRequest.Status.BLOCKED
-        request.status_reason = f"The analysis failed: {error}"
+        request.status_reason = reason
         request.save(update_fields=["status", "status_reason"])
         append_event(actor=None, action="change_request.blocked", object_type="change_request",
                      object_id=request.pk, model_name=request.model.name, before=before, after=_snapshot(request))
@@ -403,13 +526,20 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
 
 def compare_adapter_with_production(*, version: ModelVersion) -> Analysis | None:
     """A new LoRA adapter on a model in production is analysed against production straight away, so a change
-    request for it finds its gates ready (the newest evaluation dataset is used)."""
+    request for it finds its gates ready (the newest evaluation dataset is used), and evaluated on the production
+    policy's labelled set when it names one."""
     if version.kind != ModelVersion.Kind.LORA:
         return None
     production = Alias.objects.filter(model=version.model, name="production", version__isnull=False).first()
     dataset = newest_evaluation_dataset()
     if production is None or dataset is None:
         return None
+    eval_dataset_id = effective_policy(version.model, "production")["eval_dataset"]
+    if eval_dataset_id and not version.evaluations.filter(reference=production.version, dataset_id=eval_dataset_id,
+                                                          limit__isnull=True).exists():
+        # The task gates' evaluation too, on the policy's labelled set.
+        start_evaluation(candidate=version, reference=production.version,
+                         dataset=Dataset.objects.get(pk=eval_dataset_id), actor=version.created_by)
     if version.analyses_as_candidate.filter(reference=production.version).exists():
         return None
     return start_analysis(candidate=version, reference=production.version, dataset=dataset,

@@ -126,7 +126,7 @@ class Dataset(models.Model):
     sha256 = models.CharField(max_length=64)
     records = models.PositiveIntegerField()
     size = models.BigIntegerField()
-    # "text", "prompt_completion" or "multiple_choice": what the lines hold, so jobs can refuse a wrong fit early.
+    # "text", "prompt_completion", "multiple_choice" or "generation": what the lines hold, so jobs can refuse a wrong fit early.
     record_format = models.CharField(max_length=32)
     object_key = models.CharField(max_length=1024)
     storage_version_id = models.CharField(max_length=256, blank=True)

@@ -140,7 +140,7 @@ class DatasetSummary:
 
 _FORMATS_BY_PURPOSE = {
     "calibration": ("text",),
-    "evaluation": ("text", "multiple_choice"),
+    "evaluation": ("text", "multiple_choice", "generation"),
     "training": ("text", "prompt_completion"),
 }
 
@@ -155,6 +155,8 @@ def _record_format(record: dict) -> str | None:
             and all(isinstance(c, str) and c for c in choices)
             and isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices)):
         return "multiple_choice"
+    if isinstance(record.get("prompt"), str) and isinstance(answer, str) and answer.strip():
+        return "generation"
     return None
 
 
@@ -162,6 +164,7 @@ _FORMAT_HELP = {
     "text": '{"text": "..."}',
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
     "multiple_choice": '{"prompt": "...", "choices": ["...", "..."], "answer": <index of the right choice>}',
+    "generation": '{"prompt": "...", "answer": "..."}',
 }
 
 

@@ -13,7 +13,7 @@ from governance.models import AliasChange, ChangeRequest
 from registry import selectors
 from registry.models import Dataset, LineageEdge, ModelVersion
 from reports import pki
-from workers.models import Analysis
+from workers.models import Analysis, Evaluation
 
 # The order and wording of the distribution statistics in the KL and delta-p tables (API.md, analyses).
 DISTRIBUTION_STATISTICS = (
@@ -31,6 +31,19 @@ DISTRIBUTION_STATISTICS = (
     ("p99_9", "99.9th percentile"),
     ("max", "maximum"),
 )
+# How the task metrics of an evaluation are named in the report, in this order (workers.pipelines.evaluation).
+TASK_METRICS = (
+    ("accuracy", "accuracy"),
+    ("acc", "accuracy (lm-eval acc)"),
+    ("acc_norm", "length-normalised accuracy (acc_norm)"),
+    ("macro_f1", "macro-F1"),
+    ("exact_match", "exact match"),
+    ("token_f1", "token F1"),
+)
+TASK_TYPES = {"multiple_choice": "multiple choice", "classification": "classification",
+              "generation": "generation (greedy decoding)"}
+# Metrics that are proportions: their deltas are stated in percentage points.
+PROPORTIONS = frozenset(name for name, _ in TASK_METRICS)
 # How many modules the "most sensitive layers" table lists; the appendix lists them all.
 SENSITIVE_LAYERS = 12
 
@@ -48,6 +61,7 @@ def change_impact_facts(request: ChangeRequest, *, signature_fields: list[dict])
     to_version = _version_with_files(request.to_version)
     from_version = _version_with_files(request.from_version) if request.from_version else None
     analysis = request.analysis if request.analysis_id and request.analysis.result is not None else None
+    evaluation = request.evaluation if request.evaluation_id and request.evaluation.result is not None else None
     return {
         "kind": "change_impact",
         **_common_facts(),
@@ -68,8 +82,12 @@ def change_impact_facts(request: ChangeRequest, *, signature_fields: list[dict])
         "from_version": from_version,
         "to_version": to_version,
         "change": change_facts(request.to_version),
-        "datasets": dataset_facts(request.to_version, analysis),
+        "datasets": dataset_facts(request.to_version, analysis, evaluation),
         "analysis": analysis_facts(analysis) if analysis else None,
+        "evaluation": evaluation_facts(evaluation) if evaluation else None,
+        "task_gates_expected": bool(request.eval_dataset_id) or any(
+            (request.policy_snapshot or {}).get(field) is not None
+            for field in ("accuracy_drop_max", "f1_relative_min")),
         "gates": [dict(gate) for gate in request.gates],
         "policy": dict(request.policy_snapshot),
         "materiality": materiality(request),
@@ -167,7 +185,8 @@ def change_facts(version: ModelVersion) -> dict:
     return {"kind": version.kind, "title": "Upload", "rows": [], "curve": None}
 
 
-def dataset_facts(version: ModelVersion, analysis: Analysis | None) -> list[dict]:
+def dataset_facts(version: ModelVersion, analysis: Analysis | None,
+                  evaluation: Evaluation | None = None) -> list[dict]:
     """Datasets the change depends on: training and calibration data from the lineage, the evaluation data."""
     rows = []
     edges = (LineageEdge.objects.filter(child=version, parent_dataset__isnull=False)
@@ -176,7 +195,60 @@ def dataset_facts(version: ModelVersion, analysis: Analysis | None) -> list[dict
         rows.append(_dataset_row(edge.parent_dataset, use=edge.relation.replace("_", " ")))
     if analysis is not None:
         rows.append(_dataset_row(analysis.dataset, use="evaluated on (gates)"))
+    if evaluation is not None:
+        rows.append(_dataset_row(evaluation.dataset, use="task performance (task gates)"))
     return rows
+
+
+def evaluation_facts(evaluation: Evaluation) -> dict:
+    """A task evaluation as the report states it: each metric for reference and candidate with its standard error,
+    the change in points (relative F1 as a ratio), the per-class table and the confusion matrices."""
+    result = evaluation.result
+    reference = result.get("reference") or {}
+    reference_metrics = reference.get("metrics") or {}
+    deltas = result.get("deltas") or {}
+    rows = []
+    for name, label in TASK_METRICS:
+        metric = result["metrics"].get(name)
+        if metric is None:
+            continue
+        delta = deltas.get(name) or {}
+        rows.append({
+            "name": name, "label": label,
+            "candidate": metric["value"], "candidate_stderr": metric.get("stderr"),
+            "reference": (reference_metrics.get(name) or {}).get("value"),
+            "reference_stderr": (reference_metrics.get(name) or {}).get("stderr"),
+            "delta": delta.get("delta"), "delta_stderr": delta.get("stderr"),
+            "delta_unit": "points" if name in PROPORTIONS else "",
+            "f1_relative": delta.get("f1_relative"), "f1_relative_stderr": delta.get("f1_relative_stderr"),
+        })
+    reference_classes = reference.get("per_class") or {}
+    classes = result.get("per_class") or {}
+    # The stored JSON (jsonb) keeps no key order: the labels come in the confusion matrix's (sorted) order.
+    labels = (result.get("confusion") or {}).get("labels") or sorted(classes)
+    per_class = [
+        {"label": label, "support": classes[label].get("support"),
+         **{name: (classes[label].get(name) or {}).get("value") for name in ("precision", "recall", "f1")},
+         "reference_f1": ((reference_classes.get(label) or {}).get("f1") or {}).get("value")}
+        for label in labels if label in classes
+    ]
+    return {
+        "id": evaluation.pk,
+        "task_type": evaluation.task_type,
+        "task_label": TASK_TYPES.get(evaluation.task_type, evaluation.task_type),
+        "candidate": evaluation.candidate.number,
+        "reference": evaluation.reference.number if evaluation.reference_id else None,
+        "dataset": {"id": evaluation.dataset_id, "name": evaluation.dataset.name},
+        "samples": result.get("samples"),
+        "seconds": result.get("seconds"),
+        "harness": result.get("harness") or {},
+        "params": dict(evaluation.params),
+        "metric_rows": rows,
+        "per_class": per_class,
+        "confusion": result.get("confusion"),
+        "reference_confusion": reference.get("confusion"),
+        "created_at": evaluation.created_at,
+    }
 
 
 def analysis_facts(analysis: Analysis) -> dict:

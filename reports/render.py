@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from django.template.loader import render_to_string
 
 from reports.templatetags.report_format import num
-from workers import charts
+from workers import charts, task_charts
 
 # WeasyPrint narrates every rendering step at INFO level; keep its warnings (e.g. a refused URL) only.
 logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
@@ -102,6 +102,14 @@ def change_impact_charts(facts: dict) -> dict[str, str]:
         if analysis["layers"]:
             figures["layer_error"] = charts.layer_error_bars(analysis["layers"])
             figures["weight_error_heatmap"] = charts.weight_error_heatmap(analysis["layers"])
+    evaluation = facts.get("evaluation")
+    if evaluation and evaluation.get("confusion"):
+        confusion = evaluation["confusion"]
+        reference = evaluation.get("reference_confusion")
+        figures["confusion_matrix"] = task_charts.confusion_matrices(
+            confusion["labels"], confusion["matrix"], reference["matrix"] if reference else None,
+            candidate_title=f"candidate v{evaluation['candidate']}",
+            reference_title=f"reference v{evaluation['reference']}")
     if facts["change"].get("curve"):
         figures["training_curve"] = charts.training_curve(facts["change"]["curve"])
     figures["lineage"] = _lineage_chart(facts["lineage"])

@@ -1,4 +1,4 @@
-"""Job endpoints: start work on a version, follow it, cancel it; analyses and their charts."""
+"""Job endpoints: start work on a version, follow it, cancel it; analyses and their charts; task evaluations."""
 from django.http import HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -6,15 +6,25 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from foundation.pagination import filter_parameter, list_parameters, paginated_response
+from foundation.pagination import ARRAY_OF_OBJECTS, filter_parameter, list_parameters, paginated_response
 from foundation.permissions import EngineerWrites
 from registry import selectors
 from registry.api import DatasetSerializer
 from workers import services
 from workers.models import Job
 from workers.pipelines import pii
+from workers.pipelines.evaluation.spec import MAX_BATCH_SIZE, MAX_NEW_TOKENS
 from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
-from workers.selectors import analysis_plot_url, get_analysis, get_job, jobs
+from workers.selectors import (
+    analysis_plot_url,
+    distillations,
+    evaluations_of,
+    get_analysis,
+    get_distillation,
+    get_evaluation,
+    get_job,
+    jobs,
+)
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -56,7 +66,7 @@ class JobListView(APIView):
 
     @extend_schema(responses=JobSerializer(many=True), operation_id="jobs_list", parameters=list_parameters(
         filter_parameter("status", "Only jobs in this status: queued, running, succeeded, failed or cancelled."),
-        filter_parameter("kind", "Only jobs of this kind: quantize, analysis, lora or report."),
+        filter_parameter("kind", "Only jobs of this kind: quantize, analysis, lora, evaluation, pii_scan or report."),
         filter_parameter("model", "Only jobs on versions of this model.")))
     def get(self, request):
         params = request.query_params
@@ -139,6 +149,142 @@ class AnalysisPlotView(APIView):
         return HttpResponseRedirect(analysis_plot_url(get_analysis(analysis_id), plot))
 
 
+class EvaluationRequestSerializer(serializers.Serializer):
+    dataset = serializers.IntegerField(min_value=1, help_text="An evaluation dataset: multiple-choice, "
+                                       "classification ({text, label}) or generation ({prompt, answer}) records.")
+    reference = serializers.IntegerField(required=False, min_value=1,
+                                         help_text="Version number of the same model to compare with; default none.")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=10_000_000,
+                                     help_text="Evaluate only the first `limit` records (default: all).")
+    batch_size = serializers.IntegerField(required=False, min_value=1, max_value=MAX_BATCH_SIZE)
+    max_new_tokens = serializers.IntegerField(required=False, min_value=1, max_value=MAX_NEW_TOKENS,
+                                              help_text="Generation tasks: longest answer decoded.")
+    classification_prompt = serializers.CharField(required=False, max_length=2000, trim_whitespace=False,
+                                                  help_text="Classification tasks: the context each label is "
+                                                            "scored after, containing {text}.")
+
+
+def evaluation_document(evaluation) -> dict:
+    """The API's evaluation shape: identity and status from the job, metrics from the result (null until done)."""
+    job = evaluation.job
+    result = evaluation.result or {}
+    reference = result.get("reference") or {}
+    return {
+        "id": evaluation.pk, "status": job.status, "progress": job.progress, "message": job.message,
+        "error": job.error, "job": job.pk,
+        "candidate": {"model": evaluation.candidate.model.name, "version": evaluation.candidate.number},
+        "reference": ({"model": evaluation.reference.model.name, "version": evaluation.reference.number}
+                      if evaluation.reference_id else None),
+        "dataset": evaluation.dataset_id, "task_type": evaluation.task_type, "limit": evaluation.limit,
+        "params": evaluation.params, "created_at": evaluation.created_at,
+        "metrics": result.get("metrics"), "reference_metrics": reference.get("metrics"),
+        "deltas": result.get("deltas"), "per_class": result.get("per_class"),
+        "reference_per_class": reference.get("per_class"), "confusion": result.get("confusion"),
+        "reference_confusion": reference.get("confusion"), "samples": result.get("samples"),
+        "seconds": result.get("seconds"), "harness": result.get("harness"),
+    }
+
+
+class EvaluationStartView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(), operation_id="versions_evaluations_list")
+    def get(self, request, name, number):
+        return paginated_response(request, evaluations_of(selectors.get_version(name, number)), ordering=("-pk",),
+                                  serialize=lambda page: [evaluation_document(e) for e in page])
+
+    @extend_schema(request=EvaluationRequestSerializer, responses={202: OpenApiTypes.OBJECT})
+    def post(self, request, name, number):
+        payload = EvaluationRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        candidate = selectors.get_version(name, number)
+        reference_number = data.pop("reference", None)
+        reference = selectors.get_version(name, reference_number) if reference_number else None
+        dataset = selectors.get_dataset(data.pop("dataset"))
+        evaluation = services.request_evaluation(candidate=candidate, reference=reference, dataset=dataset,
+                                                 evaluation_settings=data, actor=request.user)
+        return Response({"job": evaluation.job.pk, "evaluation": evaluation.pk}, status=status.HTTP_202_ACCEPTED)
+
+
+class EvaluationDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, evaluation_id):
+        return Response(evaluation_document(get_evaluation(evaluation_id)))
+
+
+class VersionReferenceSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=100)
+    version = serializers.IntegerField(min_value=1)
+
+
+class DistillationRequestSerializer(serializers.Serializer):
+    teacher = VersionReferenceSerializer()
+    students = serializers.ListField(child=VersionReferenceSerializer(), min_length=1, max_length=8)
+    dataset = serializers.IntegerField(min_value=1, help_text="Training dataset of {text, label?} records; "
+                                       "without labels the teacher labels them.")
+    label_field = serializers.CharField(required=False, default="label", max_length=100)
+    sizes = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=10_000_000), min_length=1,
+                                  max_length=10, help_text="Training subset sizes, e.g. [5000, 10000, 25000].")
+    eval_dataset = serializers.IntegerField(min_value=1, help_text="Classification evaluation dataset.")
+    lora = serializers.DictField(required=False, default=dict, help_text="LoRA settings (as lora-updates).")
+    f1_relative_min = serializers.FloatField(required=False, min_value=0.0, max_value=10.0,
+                                             help_text="Student F1 / teacher F1 the best candidate must reach "
+                                                       "(default 0.9).")
+    classification_prompt = serializers.CharField(required=False, max_length=2000, trim_whitespace=False)
+
+
+def distillation_document(distillation) -> dict:
+    job = distillation.job
+    return {
+        "id": distillation.pk, "status": job.status, "progress": job.progress, "message": job.message,
+        "error": job.error, "job": job.pk,
+        "teacher": {"model": distillation.teacher.model.name, "version": distillation.teacher.number},
+        "students": distillation.params.get("student_refs", []), "dataset": distillation.dataset_id,
+        "eval_dataset": distillation.eval_dataset_id, "params": distillation.params,
+        "teacher_result": distillation.teacher_result,
+        "subsets": [{"size": int(size), "dataset": dataset} for size, dataset in sorted(
+            distillation.subsets.items(), key=lambda item: int(item[0]))],
+        "rows": [{key: value for key, value in row.items() if key != "student_id"} for row in distillation.rows],
+        "best": ({key: value for key, value in distillation.best.items() if key != "student_id"}
+                 if distillation.best else None),
+        "created_at": distillation.created_at,
+    }
+
+
+class DistillationListView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(), operation_id="distillations_list")
+    def get(self, request):
+        return paginated_response(request, distillations(), ordering=("-pk",),
+                                  serialize=lambda page: [distillation_document(d) for d in page])
+
+    @extend_schema(request=DistillationRequestSerializer, responses={202: OpenApiTypes.OBJECT})
+    def post(self, request):
+        payload = DistillationRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        teacher = selectors.get_version(data["teacher"]["model"], data["teacher"]["version"])
+        students = [selectors.get_version(item["model"], item["version"]) for item in data["students"]]
+        distillation = services.request_distillation(
+            teacher=teacher, students=students, dataset=selectors.get_dataset(data["dataset"]),
+            eval_dataset=selectors.get_dataset(data["eval_dataset"]), sizes=data["sizes"],
+            label_field=data["label_field"], lora_settings=data["lora"], f1_relative_min=data.get("f1_relative_min"),
+            classification_prompt=data.get("classification_prompt"), actor=request.user)
+        return Response({"id": distillation.pk, "job": distillation.job.pk}, status=status.HTTP_202_ACCEPTED)
+
+
+class DistillationDetailView(APIView):
+    permission_classes = [EngineerWrites]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, distillation_id):
+        return Response(distillation_document(get_distillation(distillation_id)))
+
+
 class LoraRequestSerializer(serializers.Serializer):
     dataset = serializers.IntegerField(min_value=1)
     r = serializers.IntegerField(required=False)
@@ -198,6 +344,24 @@ class JobDetailAliasView(JobDetailView):
 
 
 class AnalysisDetailAliasView(AnalysisDetailView):
+    """The same resource with a trailing slash; documented once, under the URL without it."""
+
+    schema = None
+
+
+class EvaluationDetailAliasView(EvaluationDetailView):
+    """The same resource with a trailing slash; documented once, under the URL without it."""
+
+    schema = None
+
+
+class DistillationDetailAliasView(DistillationDetailView):
+    """The same resource with a trailing slash; documented once, under the URL without it."""
+
+    schema = None
+
+
+class DistillationListAliasView(DistillationListView):
     """The same resource with a trailing slash; documented once, under the URL without it."""
 
     schema = None

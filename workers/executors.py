@@ -4,6 +4,8 @@ Each executor takes the claimed Job, a scratch directory that the runner deletes
 callback (which raises JobCancelled when the user cancelled), and returns the job's result document.
 """
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
 from foundation import storage
@@ -62,6 +64,8 @@ def _evaluation_inputs(records: list[dict]) -> tuple[list[str], list[dict] | Non
     if records and "choices" in records[0]:
         texts = [f"{r['prompt']} {r['choices'][r['answer']]}" for r in records]
         return texts, records
+    if records and "text" not in records[0]:  # generation records: the prompt and its expected answer
+        return [f"{r['prompt']} {r['answer']}" for r in records], None
     return [r["text"] for r in records], None
 
 
@@ -96,6 +100,141 @@ def execute_analysis(*, job, workdir: Path, report) -> dict:
     plots = _store_analysis_charts(analysis, result)
     services.record_analysis_result(analysis_id=analysis.pk, result=result, plots=plots)
     return {"analysis": analysis.pk}
+
+
+def execute_evaluation(*, job, workdir: Path, report) -> dict:
+    """Evaluate the candidate (and the reference, when one is named) on the dataset; store metrics and deltas."""
+    from workers.pipelines.evaluation import EvaluationSpec, compare, evaluate_model
+
+    evaluation = job.evaluation
+    records = read_dataset(evaluation.dataset)
+    spec = EvaluationSpec(**evaluation.params)
+    versions = [("candidate", evaluation.candidate)]
+    if evaluation.reference_id:
+        versions.append(("reference", evaluation.reference))
+    span = 88 / len(versions)
+    results = {}
+    for index, (role, version) in enumerate(versions):
+        start = 2 + index * span
+        report(int(start), f"Downloading the {role} {version}")
+        model_dir, adapter_dir = download_loadable(version, workdir / role)
+
+        def scaled(percent: int, message: str, start=start, role=role) -> None:
+            report(int(start + 2 + percent * (span - 2) / 100), f"{role.capitalize()}: {message}")
+
+        # LoRA versions run as base + adapter, quantized ones as loaded for serving (load_causal_lm).
+        results[role] = evaluate_model(model_dir, records, spec, adapter_dir=adapter_dir, report=scaled)
+        shutil.rmtree(workdir / role, ignore_errors=True)  # the next version's download needs the disk
+    report(92, "Storing the metrics")
+    result = results["candidate"]
+    reference = results.get("reference")
+    result["reference"] = ({key: reference.get(key) for key in ("metrics", "per_class", "confusion", "seconds")}
+                           if reference else None)
+    result["deltas"] = compare(reference, result) if reference else {}
+    services.record_evaluation_result(evaluation_id=evaluation.pk, result=result)
+    return {"evaluation": evaluation.pk}
+
+
+def execute_distillation(*, job, workdir: Path, report) -> dict:
+    """Label (or read labels), cut stratified subsets, train every student on every subset with LoRA, register
+    and evaluate each; what a retry finds done (teacher scores, subsets, registered versions, rows) it skips."""
+    from workers.pipelines.evaluation import EvaluationSpec, evaluate_model
+    from workers.pipelines.evaluation import distillation as pipeline
+    from workers.pipelines.evaluation.records import label_set
+    from workers.pipelines.lora import train_lora
+
+    distillation = job.distillation
+    params = distillation.params
+    sizes, label_field = params["sizes"], params["label_field"]
+    records = read_dataset(distillation.dataset)
+    eval_records = read_dataset(distillation.eval_dataset)
+    known_labels = label_set(eval_records)
+    texts = [record["text"] for record in records]
+    spec = EvaluationSpec(classification_prompt=params["classification_prompt"])
+    teacher = distillation.teacher
+    students = [ModelVersion.objects.select_related("model").get(pk=pk) for pk in distillation.students]
+
+    report(1, f"Downloading the teacher {teacher}")
+    teacher_dir, teacher_adapter = download_loadable(teacher, workdir / "teacher")
+    if params["labelled_by"] == "dataset":
+        labels = [record[label_field] for record in records]
+    else:
+        labels = pipeline.teacher_labels(teacher_dir, texts, known_labels, adapter_dir=teacher_adapter,
+                                         classification_prompt=spec.classification_prompt,
+                                         report=lambda percent, message: report(2 + percent * 8 // 100,
+                                                                                f"Teacher labelling: {message}"))
+        pipeline.check_stratifiable(labels, sizes)  # before anything is registered
+    if distillation.teacher_result is None:
+        scored = evaluate_model(teacher_dir, eval_records, spec, adapter_dir=teacher_adapter,
+                                report=lambda percent, message: report(10 + percent * 8 // 100,
+                                                                       f"Teacher: {message}"))
+        services.record_distillation_teacher(distillation_id=distillation.pk, teacher_result={
+            "f1": scored["metrics"]["macro_f1"]["value"], "accuracy": scored["metrics"]["accuracy"]["value"],
+            "latency_ms_per_sample": 1000 * scored["seconds"] / scored["samples"],
+            "params": pipeline.parameter_count(teacher_dir)
+            + (pipeline.parameter_count(teacher_adapter) if teacher_adapter else 0),
+            "labelled_by": params["labelled_by"],
+            "label_counts": dict(sorted(Counter(labels).items()))})
+    shutil.rmtree(workdir / "teacher", ignore_errors=True)
+    distillation.refresh_from_db(fields=["teacher_result", "rows"])
+    teacher_f1 = distillation.teacher_result["f1"]
+
+    report(19, "Registering the stratified subsets")
+    subsets = {}
+    for size, indices in pipeline.stratified_subsets(labels, sizes).items():
+        subsets[size] = services.record_distillation_subset(
+            distillation_id=distillation.pk, size=size, texts=[texts[index] for index in indices],
+            labels=[labels[index] for index in indices], actor=job.created_by)
+
+    done = {(row["student_id"], row["size"]) for row in distillation.rows}
+    cells = [(student, size) for student in students for size in sizes]
+    span = 78 / len(cells)
+    for number, (student, size) in enumerate(cells):
+        if (student.pk, size) in done:
+            continue
+        start = 20 + number * span
+
+        def scaled(percent: int, message: str, start=start, student=student, size=size) -> None:
+            report(int(start + percent * span / 100), f"{student.model.name} v{student.number}, {size}: {message}")
+
+        student_dir = workdir / f"student-{student.pk}"
+        if not student_dir.exists():
+            download_version(student, student_dir)
+        subset = subsets[size]
+        adapter_dir = workdir / f"adapter-{student.pk}-{size}"
+        lora = dict(params["lora"])
+        metadata = train_lora(student_dir, read_dataset(subset), adapter_dir,
+                              services.lora_spec_from(lora),
+                              report=lambda percent, message, scaled=scaled: scaled(percent * 60 // 100, message),
+                              base_reference=f"{student.model.name}/{student.number}")
+        metadata["dataset"] = {"id": subset.pk, "name": subset.name, "sha256": subset.sha256}
+        metadata["distillation"] = {"id": distillation.pk, "size": size,
+                                    "teacher": {"model": teacher.model.name, "version": teacher.number}}
+        cell_job = services.distillation_cell_job(distillation_id=distillation.pk, student=student, size=size,
+                                                  subset=subset, lora=lora)
+        version = registry_services.register_derived_version(
+            parent=student, job=cell_job, local_dir=adapter_dir, kind=ModelVersion.Kind.LORA,
+            relation=LineageEdge.Relation.ADAPTED_FROM, metadata=metadata,
+            datasets=[(subset, LineageEdge.Relation.TRAINED_ON)],
+            description=f"Distillation {distillation.pk}: LoRA of v{student.number} on {size} records labelled by "
+                        f"{params['labelled_by']}", actor=job.created_by)
+        scored = evaluate_model(student_dir, eval_records, spec, adapter_dir=adapter_dir,
+                                report=lambda percent, message, scaled=scaled: scaled(60 + percent * 40 // 100,
+                                                                                      message))
+        f1 = scored["metrics"]["macro_f1"]["value"]
+        services.record_distillation_row(distillation_id=distillation.pk, cell_job_id=cell_job.pk, row={
+            "size": size, "student": {"model": student.model.name, "version": student.number},
+            "student_id": student.pk, "version": version.number, "f1": f1,
+            "f1_stderr": scored["metrics"]["macro_f1"]["stderr"],
+            "f1_relative_to_teacher": f1 / teacher_f1 if teacher_f1 else None,
+            "accuracy": scored["metrics"]["accuracy"]["value"],
+            # Wall time of the evaluation, model load included, per record.
+            "latency_ms_per_sample": 1000 * scored["seconds"] / scored["samples"],
+            "params": pipeline.parameter_count(student_dir)})
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+    report(99, "Choosing the best candidate")
+    best = services.finish_distillation(distillation_id=distillation.pk)
+    return {"distillation": distillation.pk, "best": best}
 
 
 def execute_lora(*, job, workdir: Path, report) -> dict:
@@ -140,4 +279,6 @@ EXECUTORS = {
     Job.Kind.ANALYSIS: execute_analysis,
     Job.Kind.LORA: execute_lora,
     Job.Kind.PII_SCAN: execute_pii_scan,
+    Job.Kind.EVALUATION: execute_evaluation,
+    Job.Kind.DISTILLATION: execute_distillation,
 }

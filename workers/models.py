@@ -1,5 +1,5 @@
 """A Job row per long-running request (what the API and the admin show while Celery does the work), and the
-analyses those jobs compute."""
+analyses and evaluations those jobs compute."""
 from django.conf import settings
 from django.db import models
 
@@ -11,6 +11,8 @@ class Job(models.Model):
         LORA = "lora"
         REPORT = "report"
         PII_SCAN = "pii_scan"
+        EVALUATION = "evaluation"
+        DISTILLATION = "distillation"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -76,3 +78,65 @@ class Analysis(models.Model):
 
     def __str__(self) -> str:
         return f"analysis {self.pk}: {self.candidate} vs v{self.reference.number}"
+
+
+class Evaluation(models.Model):
+    """How well a candidate version does a labelled task (accuracy, F1...), and how far from a reference's score."""
+
+    candidate = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="evaluations")
+    # The version the candidate is compared with; None for an evaluation of the candidate alone.
+    reference = models.ForeignKey("registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="evaluations_as_reference")
+    dataset = models.ForeignKey("registry.Dataset", on_delete=models.PROTECT, related_name="evaluations")
+    # multiple_choice, classification or generation: detected from the dataset's records when it was requested.
+    task_type = models.CharField(max_length=32)
+    # The first `limit` records only; None for the whole dataset (the only kind the policy gates accept).
+    limit = models.PositiveIntegerField(null=True, blank=True)
+    params = models.JSONField(default=dict)
+    # {task_type, metrics, per_class, confusion, samples, seconds, harness, reference: {...}|None, deltas}
+    result = models.JSONField(null=True, blank=True)
+    # The job that computes it: its status, progress and error are the evaluation's.
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="evaluation")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(limit__isnull=True) | models.Q(limit__gte=1),
+                                   name="evaluation_limit_at_least_1"),
+        ]
+
+    def __str__(self) -> str:
+        against = f" vs v{self.reference.number}" if self.reference_id else ""
+        return f"evaluation {self.pk}: {self.candidate}{against}"
+
+
+class Distillation(models.Model):
+    """A distillation experiment: students trained with LoRA on stratified subsets of teacher-labelled data, each
+    judged by its F1 relative to the teacher's on a labelled evaluation set."""
+
+    teacher = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="distillations")
+    # Student base versions' ids, in the order requested.
+    students = models.JSONField(default=list)
+    dataset = models.ForeignKey("registry.Dataset", on_delete=models.PROTECT, related_name="distillations")
+    eval_dataset = models.ForeignKey("registry.Dataset", on_delete=models.PROTECT, related_name="+")
+    # {sizes, label_field, lora, f1_relative_min, classification_prompt, batch_size}
+    params = models.JSONField(default=dict)
+    # What the job has done so far, so a retried job does only what is missing:
+    # teacher: {f1, accuracy, latency_ms_per_sample, params, labelled_by}; subsets: {size: dataset id};
+    # cells: {"<student id>:<size>": job id of the registered LoRA version}; rows: the table, one per cell.
+    teacher_result = models.JSONField(null=True, blank=True)
+    subsets = models.JSONField(default=dict)
+    cells = models.JSONField(default=dict)
+    rows = models.JSONField(default=list)
+    best = models.JSONField(null=True, blank=True)
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="distillation")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"distillation {self.pk} from {self.teacher}"

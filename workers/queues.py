@@ -10,7 +10,8 @@ from workers.models import Job
 
 RUN_JOB_TASK = "workers.tasks.run_job"
 # Kinds that do heavy tensor work and go to the GPU queue when one is configured.
-GPU_KINDS = frozenset({Job.Kind.QUANTIZE, Job.Kind.ANALYSIS, Job.Kind.LORA})
+GPU_KINDS = frozenset({Job.Kind.QUANTIZE, Job.Kind.ANALYSIS, Job.Kind.LORA, Job.Kind.EVALUATION,
+                       Job.Kind.DISTILLATION})
 
 
 def queue_for(kind: str) -> str:

@@ -1,9 +1,9 @@
-"""Reads of jobs and analyses that the API and the admin share."""
+"""Reads of jobs, analyses and evaluations that the API and the admin share."""
 from django.db.models import QuerySet
 
 from foundation import storage
 from foundation.errors import NotFound
-from workers.models import Analysis, Job
+from workers.models import Analysis, Distillation, Evaluation, Job
 
 
 def jobs(*, status: str | None = None, kind: str | None = None, model_name: str | None = None) -> QuerySet[Job]:
@@ -29,6 +29,32 @@ def get_analysis(analysis_id) -> Analysis:
         return Analysis.objects.select_related("job", "reference__model", "candidate__model").get(pk=analysis_id)
     except Analysis.DoesNotExist:
         raise NotFound(f"No analysis with id {analysis_id}.") from None
+
+
+def get_evaluation(evaluation_id) -> Evaluation:
+    try:
+        return Evaluation.objects.select_related("job", "reference__model", "candidate__model", "dataset").get(
+            pk=evaluation_id)
+    except Evaluation.DoesNotExist:
+        raise NotFound(f"No evaluation with id {evaluation_id}.") from None
+
+
+def get_distillation(distillation_id) -> Distillation:
+    try:
+        return Distillation.objects.select_related("job", "teacher__model", "dataset", "eval_dataset").get(
+            pk=distillation_id)
+    except Distillation.DoesNotExist:
+        raise NotFound(f"No distillation with id {distillation_id}.") from None
+
+
+def distillations() -> QuerySet[Distillation]:
+    return Distillation.objects.select_related("job", "teacher__model", "dataset", "eval_dataset")
+
+
+def evaluations_of(version) -> QuerySet[Evaluation]:
+    """A version's evaluations as the candidate, newest first."""
+    return (Evaluation.objects.filter(candidate=version)
+            .select_related("job", "reference__model", "candidate__model", "dataset"))
 
 
 def analysis_plot_url(analysis: Analysis, plot: str) -> str:

@@ -191,8 +191,10 @@ def test_policy_defaults_and_only_superusers_change_them(engineer_api, versions,
     body = engineer_api.get("/api/v1/models/credit-llm/policies/production").json()
     assert body == {"required_approvals": 2, "gates": {"kl_mean_max": 0.035, "kl_p99_max": None,
                                                        "same_top1_min": 0.91, "ppl_ratio_max": 1.03,
-                                                       "flip_rate_max": None},
-                    "allow_override": False, "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05}
+                                                       "flip_rate_max": None, "accuracy_drop_max": None,
+                                                       "f1_relative_min": None},
+                    "allow_override": False, "expiry_days": 7, "auto_rollback": False, "max_error_increase": 0.05,
+                    "eval_dataset": None}
     payload = {"required_approvals": 1, "allow_override": False, "expiry_days": 3, "gates": {}}
     assert client_for(approver).put("/api/v1/models/credit-llm/policies/production", payload,
                                     format="json").status_code == 403

@@ -29,6 +29,7 @@ def test_dataset_is_stored_with_hash_and_record_count(engineer_api):
 @pytest.mark.parametrize("purpose,records,record_format", [
     ("training", [{"prompt": "Q", "completion": "A"}], "prompt_completion"),
     ("evaluation", [{"prompt": "Q", "choices": ["a", "b"], "answer": 1}], "multiple_choice"),
+    ("evaluation", [{"prompt": "What is the CET1 floor?", "answer": "4.5%"}], "generation"),
     ("calibration", [{"text": "x"}], "text"),
 ])
 def test_each_purpose_accepts_its_record_formats(engineer_api, purpose, records, record_format):
@@ -43,6 +44,8 @@ def test_each_purpose_accepts_its_record_formats(engineer_api, purpose, records,
     (b'{"prompt": "Q", "choices": ["a", "b"], "answer": 5}\n', "evaluation", "Line 1"),
     (b'{"text": "a"}\n{"prompt": "Q", "completion": "A"}\n', "training", "Line 2"),
     (b'\xff\xfe\n', "evaluation", "Line 1"),
+    (b'{"prompt": "Q", "answer": "A"}\n', "training", "Line 1"),
+    (b'{"prompt": "Q", "answer": "  "}\n', "evaluation", "Line 1"),
 ])
 def test_malformed_jsonl_is_422_naming_the_first_bad_line_and_nothing_is_stored(engineer_api, content, purpose,
                                                                                 line):
