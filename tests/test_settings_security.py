@@ -112,7 +112,7 @@ def test_the_generated_secrets_file_is_private_and_generated_once(tmp_path):
     assert first.returncode == 0, first.stderr
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     stored = json.loads(path.read_text())
-    assert set(stored) == {"SECRET_KEY", "REPORT_PKI_PASSPHRASE"}
+    assert set(stored) == {"SECRET_KEY", "REPORT_PKI_PASSPHRASE", "WEBHOOK_SECRETS_KEY"}
     assert len(stored["SECRET_KEY"]) >= 50 and len(set(stored["SECRET_KEY"])) >= 5  # what check --deploy wants
     for value in stored.values():
         assert value not in first.stdout + first.stderr
@@ -128,7 +128,8 @@ def test_settings_read_the_generated_secrets_when_the_variables_are_unset(deploy
     assert generate_secrets(path).returncode == 0
     del deployment["SECRET_KEY"], deployment["REPORT_PKI_PASSPHRASE"]
     deployment["LOCAL_SECRETS_FILE"] = str(path)
-    assert production_settings(deployment, "SECRET_KEY", "REPORT_PKI_PASSPHRASE") == json.loads(path.read_text())
+    assert production_settings(deployment, "SECRET_KEY", "REPORT_PKI_PASSPHRASE",
+                               "WEBHOOK_SECRETS_KEY") == json.loads(path.read_text())
 
 
 def test_a_secrets_file_that_others_can_read_is_refused(deployment, tmp_path):

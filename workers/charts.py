@@ -14,11 +14,21 @@ import math
 import re
 from collections.abc import Sequence
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm, Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _mpl():
+    """matplotlib, imported at the first chart drawn: the web process imports this module with every admin page
+    (version pages draw curves and lineage) but must not pay for matplotlib until a page shows a chart."""
+    import matplotlib.backends.backend_agg
+    import matplotlib.colors
+    import matplotlib.figure
+    import matplotlib.ticker
+
+    return matplotlib
 
 DPI = 110
 WIDTH_IN = 7.0  # fits an A4 page with margins at 100 % zoom
@@ -47,11 +57,11 @@ def kl_histogram(hist: dict, *, mean: float | None = None, p99: float | None = N
     ax.stairs(layout["counts"], layout["edges"], fill=True, color=REFERENCE_COLOUR, alpha=0.85)
     ax.set_xscale("log")
     ax.set_xlim(*layout["xlim"])
-    ax.xaxis.set_minor_locator(NullLocator())  # minor log ticks cost more than the rest of the figure together
+    ax.xaxis.set_minor_locator(_mpl().ticker.NullLocator())  # minor log ticks cost more than the rest of the figure together
     positive = [c for c in layout["counts"] if c > 0]
     if max(positive) / min(positive) >= 100:
         ax.set_yscale("log")  # tails hold few tokens but are what regulators ask about
-        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(_mpl().ticker.NullLocator())
     for label, value, colour, style in (("mean", layout["mean"], CANDIDATE_COLOUR, "--"),
                                         ("p99", layout["p99"], "#c44e52", ":")):
         if value is not None:
@@ -169,11 +179,11 @@ def weight_error_heatmap(layers: Sequence[dict]) -> bytes:
     grid = [[cells.get((index, module), math.nan) for module in modules] for index in indices]
     values = [v for v in cells.values() if v > 0]
     norm = (
-        LogNorm(vmin=min(values), vmax=max(values))
+        _mpl().colors.LogNorm(vmin=min(values), vmax=max(values))
         if values and max(values) / min(values) >= 100
-        else Normalize(vmin=min(cells.values()), vmax=max(cells.values()))
+        else _mpl().colors.Normalize(vmin=min(cells.values()), vmax=max(cells.values()))
     )
-    cmap = colormaps["viridis"].with_extremes(bad="#dddddd")  # grey: module not measured in that block
+    cmap = _mpl().colormaps["viridis"].with_extremes(bad="#dddddd")  # grey: module not measured in that block
     image = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
     ax.set_xticks(range(len(modules)), labels, rotation=45 if len(modules) > 5 else 0, ha="right", fontsize=7)
     step = max(1, math.ceil(len(indices) / 16))
@@ -282,11 +292,11 @@ def _histogram(hist: dict, *, xlabel: str, title: str) -> bytes:
     if positive_edges and edges[-1] / edges[0] >= 100:
         ax.set_xscale("log")  # KL bins are log-spaced by the analysis when they span decades
         # Minor log ticks cost more than the rest of the figure together and add nothing at this size.
-        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_locator(_mpl().ticker.NullLocator())
     positive = [c for c in counts if c > 0]
     if max(positive) / min(positive) >= 100:
         ax.set_yscale("log")  # tails hold few tokens but are what regulators ask about
-        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(_mpl().ticker.NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("tokens")
     ax.set_title(f"{title} ({int(sum(counts)):,} tokens)")
@@ -297,8 +307,8 @@ def _histogram(hist: dict, *, xlabel: str, title: str) -> bytes:
 def _figure(height_in: float, *, left: float = 0.8, right: float = 0.25, bottom: float = 0.55, top: float = 0.4):
     """A figure with margins given in inches. Fixed margins instead of a layout engine: constrained layout
     draws every figure twice and doubled the time of each chart."""
-    fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = _mpl().figure.Figure(figsize=(WIDTH_IN, height_in), dpi=DPI)
+    _mpl().backends.backend_agg.FigureCanvasAgg(fig)
     fig.subplots_adjust(
         left=left / WIDTH_IN, right=1 - right / WIDTH_IN, bottom=bottom / height_in, top=1 - top / height_in
     )
