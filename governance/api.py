@@ -13,7 +13,7 @@ from foundation.permissions import role_permission
 from foundation.roles import APPROVER, ML_ENGINEER, OPS
 from governance import selectors as governance_selectors
 from governance import services
-from governance.models import GATE_THRESHOLD_FIELDS, Alias, AliasChange, ChangeRequest
+from governance.models import GATE_THRESHOLD_FIELDS, Alias, ChangeRequest
 from registry import selectors
 
 # Writes are further checked by the services (which role may do what, and separation of duties).
@@ -179,18 +179,22 @@ class PolicyView(APIView):
         return Response(policy_document(policy))
 
 
-def alias_document(alias: Alias, *, with_history: bool = True) -> dict:
-    document = {"alias": alias.name, "version": alias.version.number if alias.version else None,
-                "since": alias.since}
-    if with_history:
-        document["history"] = [alias_change_document(c) for c in alias.changes.all()]
-    return document
+def alias_document(alias: Alias) -> dict:
+    return {"alias": alias.name, "version": alias.version.number if alias.version else None, "since": alias.since}
 
 
-def alias_change_document(change: AliasChange) -> dict:
-    return {"kind": change.kind, "from_version": change.from_version.number if change.from_version else None,
-            "to_version": change.to_version.number, "change_request": change.change_request_id,
-            "actor": change.actor.username, "reason": change.reason, "at": change.created_at}
+def alias_change_document(row: dict) -> dict:
+    """One change of an alias, from a row of governance_selectors.alias_change_rows."""
+    return {"kind": row["kind"], "from_version": row["from_number"], "to_version": row["to_number"],
+            "change_request": row["change_request_id"], "actor": row["actor_name"], "reason": row["reason"],
+            "at": row["created_at"]}
+
+
+def aliases_with_history(page: list[Alias]) -> list[dict]:
+    history = {alias.pk: [] for alias in page}
+    for row in governance_selectors.alias_change_rows(history):
+        history[row["alias_id"]].append(alias_change_document(row))
+    return [alias_document(alias) | {"history": history[alias.pk]} for alias in page]
 
 
 class AliasListView(APIView):
@@ -198,10 +202,8 @@ class AliasListView(APIView):
 
     @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(), operation_id="models_aliases_list")
     def get(self, request, name):
-        aliases = governance_selectors.aliases_of(selectors.get_model(name)).prefetch_related(
-            "changes__from_version", "changes__to_version", "changes__actor")
-        return paginated_response(request, aliases, ordering=("name",),
-                                  serialize=lambda page: [alias_document(a) for a in page])
+        return paginated_response(request, governance_selectors.aliases_of(selectors.get_model(name)),
+                                  ordering=("name",), serialize=aliases_with_history)
 
 
 class AliasDetailView(APIView):
@@ -210,7 +212,7 @@ class AliasDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, name, alias):
         found = governance_selectors.get_alias_of(selectors.get_model(name), alias)
-        return Response(alias_document(found, with_history=False) | {"history": f"{request.path.rstrip('/')}/history"})
+        return Response(alias_document(found) | {"history": f"{request.path.rstrip('/')}/history"})
 
 
 class AliasHistoryView(APIView):
@@ -220,8 +222,8 @@ class AliasHistoryView(APIView):
                    operation_id="models_aliases_history_list")
     def get(self, request, name, alias):
         found = governance_selectors.get_alias_of(selectors.get_model(name), alias)
-        return paginated_response(request, governance_selectors.alias_history(found), ordering=("-pk",),
-                                  serialize=lambda page: [alias_change_document(c) for c in page])
+        return paginated_response(request, governance_selectors.alias_change_rows([found.pk]), ordering=("-pk",),
+                                  serialize=lambda page: [alias_change_document(row) for row in page])
 
 
 class RollbackView(APIView):

@@ -7,6 +7,7 @@ same transaction as the decision that reached the quorum.
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from foundation.announcements import announce_on_commit
@@ -428,9 +429,8 @@ def _deploy(request: ChangeRequest, actor) -> None:
         # The alias moved since the gates were computed (should have been marked stale): never deploy blind.
         raise Conflict("The alias moved since this request was gated; it is being re-analysed.")
     _move_alias(alias, to_version=request.to_version, kind=AliasChange.Kind.DEPLOY, actor=actor,
-                reason=request.justification, change_request=request)
-    alias.deploy_stack = [*alias.deploy_stack, request.to_version.number]
-    alias.save(update_fields=["deploy_stack"])
+                reason=request.justification, change_request=request,
+                deploy_stack=[*alias.deploy_stack, request.to_version.number])
     request.status = ChangeRequest.Status.DEPLOYED
     request.deployed_at = timezone.now()
     request.save(update_fields=["status", "deployed_at"])
@@ -439,11 +439,14 @@ def _deploy(request: ChangeRequest, actor) -> None:
 
 
 def _move_alias(alias: Alias, *, to_version: ModelVersion, kind: str, actor, reason: str,
-                change_request: ChangeRequest | None) -> AliasChange:
+                change_request: ChangeRequest | None, deploy_stack: list[int]) -> AliasChange:
+    """Point the alias at `to_version`, remembering `deploy_stack` (the deployed versions a rollback returns
+    through); the audit event comes last, so the chain's lock is held only until the commit."""
     from_version = alias.version
     alias.version = to_version
     alias.since = timezone.now()
-    alias.save(update_fields=["version", "since"])
+    alias.deploy_stack = deploy_stack
+    alias.save(update_fields=["version", "since", "deploy_stack"])
     change = AliasChange.objects.create(alias=alias, kind=kind, from_version=from_version, to_version=to_version,
                                         change_request=change_request, actor=actor, reason=reason)
     # Production moved: anchor the audit chain's new head in object-locked storage (asynchronously).
@@ -504,9 +507,13 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
             target_number = to_version_number
             if target_number == alias_row.version.number:
                 raise Conflict(f"{model.name}@{alias} already points at v{target_number}.")
-            was_deployed = ChangeRequest.objects.filter(model=model, alias=alias, to_version__number=target_number,
-                                                        status=ChangeRequest.Status.DEPLOYED).exists()
-            if not was_deployed:
+        # The target, and (for a named one) whether an approved change request ever deployed it here: one query.
+        target = (ModelVersion.objects.filter(model=model, number=target_number)
+                  .annotate(was_deployed=Exists(ChangeRequest.objects.filter(
+                      model=model, alias=alias, to_version=OuterRef("pk"), status=ChangeRequest.Status.DEPLOYED)))
+                  .first())
+        if to_version_number is not None:
+            if target is None or not target.was_deployed:
                 raise Unprocessable(f"v{target_number} was never deployed to {model.name}@{alias} through an "
                                     "approved change request; a rollback can only return to such a version.",
                                     field="to_version")
@@ -514,11 +521,8 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
                 stack.pop()
             if not stack:
                 stack = [target_number]
-        target = ModelVersion.objects.get(model=model, number=target_number)
         change = _move_alias(alias_row, to_version=target, kind=AliasChange.Kind.ROLLBACK, actor=actor,
-                             reason=reason.strip(), change_request=None)
-        alias_row.deploy_stack = stack
-        alias_row.save(update_fields=["deploy_stack"])
+                             reason=reason.strip(), change_request=None, deploy_stack=stack)
         _mark_others_stale(alias_row, exclude=None, actor=actor)
         _announce_rollback(change, actor)
     return change

@@ -7,6 +7,17 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from foundation.models import AuditEvent
+from governance.api import alias_change_document, change_request_document
+from governance.models import Alias
+from governance.selectors import alias_change_rows, get_change_request
+from registry.api import VersionSerializer
+from registry.models import ModelVersion
+from registry.selectors import version_detail
+from reports.api import report_document
+from reports.selectors import get_report
+from workers.api import JobSerializer, analysis_document, evaluation_document
+from workers.models import Analysis, Evaluation
+from workers.selectors import get_job
 
 _EVENT_NAMESPACE = uuid.UUID("5f1d2c1e-8a39-4d55-9e0c-6b1f0b6f7a21")
 
@@ -81,8 +92,6 @@ def events_for_audit_event(audit_event: AuditEvent, wanted: set[str]) -> list[Ev
 
 
 def report_final_event(report_id: int) -> Event:
-    from reports.api import report_document
-    from reports.selectors import get_report
 
     document = report_document(get_report(report_id))
     return Event(id=event_id("report.final", report_id), type="report.final", object=document,
@@ -98,9 +107,6 @@ def audit_verification_failed_event(check) -> Event:
 
 
 def _version(version_id) -> tuple[dict, dict]:
-    from registry.api import VersionSerializer
-    from registry.models import ModelVersion
-    from registry.selectors import version_detail
 
     version = ModelVersion.objects.select_related("model").get(pk=version_id)
     document = VersionSerializer(version_detail(version.model.name, version.number)).data
@@ -109,16 +115,12 @@ def _version(version_id) -> tuple[dict, dict]:
 
 
 def _job(job_id) -> tuple[dict, dict, str]:
-    from workers.api import JobSerializer
-    from workers.selectors import get_job
 
     job = get_job(job_id)
     return dict(JobSerializer(job).data), {"self": _link(f"/api/v1/jobs/{job.pk}")}, job.kind
 
 
 def _analysis_of_job(job_id) -> tuple[dict, dict] | None:
-    from workers.api import analysis_document
-    from workers.models import Analysis
 
     analysis = (Analysis.objects.select_related("job", "reference__model", "candidate__model")
                 .filter(job_id=job_id).first())
@@ -128,8 +130,6 @@ def _analysis_of_job(job_id) -> tuple[dict, dict] | None:
 
 
 def _evaluation_of_job(job_id) -> tuple[dict, dict] | None:
-    from workers.api import evaluation_document
-    from workers.models import Evaluation
 
     evaluation = (Evaluation.objects.select_related("job", "reference__model", "candidate__model")
                   .filter(job_id=job_id).first())
@@ -139,21 +139,17 @@ def _evaluation_of_job(job_id) -> tuple[dict, dict] | None:
 
 
 def _change_request(request_id) -> tuple[dict, dict]:
-    from governance.api import change_request_document
-    from governance.selectors import get_change_request
 
     document = change_request_document(get_change_request(request_id))
     return document, {"self": _link(f"/api/v1/change-requests/{request_id}/")}
 
 
 def _rollback(audit_event: AuditEvent) -> tuple[dict, dict]:
-    from governance.api import alias_change_document
-    from governance.models import Alias
 
     alias = Alias.objects.select_related("model", "version").get(pk=audit_event.object_id)
     # The rollback this row records: the newest one written before it (in the same transaction).
-    change = (alias.changes.select_related("from_version", "to_version", "actor")
-              .filter(kind="rollback", created_at__lte=audit_event.occurred_at).order_by("-id").first())
+    change = (alias_change_rows([alias.pk])
+              .filter(kind="rollback", created_at__lte=audit_event.occurred_at).first())
     document = {"model": alias.model.name, "alias": alias.name, "version": alias.version.number,
                 "previous": (audit_event.before or {}).get("version"), "change": alias_change_document(change)}
     path = f"/api/v1/models/{alias.model.name}/aliases/{alias.name}"

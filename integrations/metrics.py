@@ -21,6 +21,10 @@ from django.utils import timezone
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from governance.models import AliasChange, ChangeRequest
+from reports.models import Report
+from workers.models import Job
+
 logger = logging.getLogger(__name__)
 
 JOB_DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600)
@@ -90,7 +94,6 @@ class RegistryCollector:
 
 
 def _jobs():
-    from workers.models import Job
 
     jobs = GaugeMetricFamily("registry_jobs", "Jobs by kind and status.", labels=["kind", "status"])
     for row in Job.objects.values("kind", "status").annotate(n=Count("id")).order_by():
@@ -123,7 +126,6 @@ def _queues():
 
 
 def _governance():
-    from governance.models import AliasChange, ChangeRequest
 
     requests = GaugeMetricFamily("registry_change_requests", "Change requests by status.", labels=["status"])
     counts = dict(ChangeRequest.objects.values_list("status").annotate(n=Count("id")).order_by())
@@ -150,7 +152,6 @@ def _governance():
 
 
 def _reports():
-    from reports.models import Report
 
     reports = GaugeMetricFamily("registry_reports", "Reports by kind and status.", labels=["kind", "status"])
     for row in Report.objects.values("kind", "status").annotate(n=Count("id")).order_by():

@@ -9,6 +9,7 @@ from django.db.models.signals import post_save
 
 from foundation.models import AuditEvent
 from integrations import events, webhooks
+from reports.models import Report
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ def _publish_report_final(report_id: int) -> None:
 
 
 def connect() -> None:
-    from reports.models import Report
 
     post_save.connect(on_audit_event_saved, sender=AuditEvent, dispatch_uid="integrations.audit_event")
     post_save.connect(on_report_saved, sender=Report, dispatch_uid="integrations.report")
