@@ -1,7 +1,7 @@
 """Celery tasks of the integrations: thin, they take ids and call integrations.webhooks."""
 from celery import shared_task
 
-from integrations import webhooks
+from integrations import audit_checks, webhooks
 
 
 @shared_task(name=webhooks.DELIVER_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
@@ -22,6 +22,4 @@ def resend_pending_deliveries() -> None:
 @shared_task(name="integrations.verify_audit_chain", ignore_result=True)
 def verify_audit_chain() -> None:
     """Periodic (beat): verify the audit chain against its newest anchor; a failure is sent to webhooks."""
-    from integrations.audit_checks import check_audit_chain
-
-    check_audit_chain()
+    audit_checks.check_audit_chain()

@@ -16,6 +16,7 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from celery import current_app
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -110,10 +111,9 @@ def publish(events: list[Event]) -> list[int]:
 
 
 def _enqueue(delivery_id: int, countdown: float | None = None) -> None:
-    from integrations.tasks import deliver_webhook
-
+    # Sent by task name: the task module imports this one, never the other way round.
     try:
-        deliver_webhook.apply_async(args=[delivery_id], queue=settings.WEBHOOK_QUEUE, countdown=countdown)
+        current_app.send_task(DELIVER_TASK, args=[delivery_id], queue=settings.WEBHOOK_QUEUE, countdown=countdown)
     except (OperationalError, OSError):
         # The row stays pending; resend_pending_deliveries() (the beat task in integrations.tasks) sends it again.
         logger.exception("could not queue webhook delivery %s; it stays pending", delivery_id)
