@@ -9,9 +9,12 @@ quantization (workers.pipelines.quantize.quantize_version) as candidate, over SA
 - throughput_vs_limit: scored tokens/s of the distribution statistics (layer_tokens=0, so only that phase runs)
   / scored tokens/s of the limit, one bare forward pass of each model over the same chunks (the pipeline's own
   chunking, same batch size). 1.0 would mean the statistics cost nothing beyond the two forward passes.
-- layer_phase_over_forward: seconds of the per-layer phase (weight errors + hooked passes + ablations, timed
-  directly around the pipeline's weight_errors and layer_errors) / one bare forward pass of both models over
-  the same `--layer-tokens` tokens. The difference of a run with and without the phase is reported too.
+- layer_phase_over_forward: seconds of the per-layer phase without ablations (weight errors + hooked passes,
+  ablation_top_n 0, timed directly around the pipeline's weight_errors and layer_errors) / one bare forward pass
+  of both models over the same `--layer-tokens` tokens.
+- ablation_over_forward: seconds of one single-module ablation (the pipeline's _ablation_kl, timed around each
+  call during a default-spec run and averaged over its ablation_top_n calls) / one bare forward pass of the
+  candidate over the same layer tokens. An ablation replays the decoder layers before the module, so ≤ 1.0.
 - peak_mb_small / peak_mb_large: peak RSS growth of a fresh subprocess during analyse_models (default spec, so
   the per-layer phase included) at two token budgets, over its RSS after loading both models and one warm-up
   forward pass (bitsandbytes repacks 4-bit weights for the CPU at the first forward; that is loading, not
@@ -97,23 +100,25 @@ def bare_forward(reference_model, candidate_model, batches) -> float:
 
 
 class LayerPhaseTimer:
-    """Times the pipeline's per-layer phase by wrapping the two functions analyse_models calls for it."""
+    """Times the pipeline's per-layer phase by wrapping the two functions analyse_models calls for it, and each
+    ablation inside it (layers._ablation_kl, which layer_errors looks up in its module)."""
 
     def __init__(self):
-        from workers.pipelines.analysis import run
+        from workers.pipelines.analysis import layers, run
 
-        self.module = run  # where analyse_models looks the two functions up
+        self.targets = {"weight_errors": run, "layer_errors": run, "_ablation_kl": layers}
         self.by_function = {"weight_errors": 0.0, "layer_errors": 0.0}
-        self._originals = {name: getattr(run, name) for name in ("weight_errors", "layer_errors")}
+        self.ablation_seconds: list[float] = []
+        self._originals = {name: getattr(module, name) for name, module in self.targets.items()}
 
     def __enter__(self):
         for name, original in self._originals.items():
-            setattr(self.module, name, self._timed(name, original))
+            setattr(self.targets[name], name, self._timed(name, original))
         return self
 
     def __exit__(self, *exc_info):
         for name, original in self._originals.items():
-            setattr(self.module, name, original)
+            setattr(self.targets[name], name, original)
 
     @property
     def seconds(self) -> float:
@@ -125,20 +130,34 @@ class LayerPhaseTimer:
             try:
                 return function(*args, **kwargs)
             finally:
-                self.by_function[name] += time.perf_counter() - started
+                if name == "_ablation_kl":
+                    self.ablation_seconds.append(time.perf_counter() - started)
+                else:
+                    self.by_function[name] += time.perf_counter() - started
 
         return timed
 
 
+def bare_candidate_forward(candidate_model, batches) -> float:
+    """One plain forward pass of the candidate alone over every batch (what one ablation is compared with)."""
+    import torch
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        for input_ids in batches:
+            candidate_model(input_ids=input_ids, use_cache=False).logits
+    return time.perf_counter() - started
+
+
 def run_analysis(reference_model, candidate_model, tokenizer, texts, spec) -> tuple[float, dict, dict]:
-    """Seconds of analyse_models, its result, and the seconds of the layer phase's two parts."""
+    """Seconds of analyse_models, its result, and the seconds of the layer phase's parts (and each ablation)."""
     from workers.pipelines.analysis import analyse_models
 
     with LayerPhaseTimer() as layer_phase:
         started = time.perf_counter()
         result = analyse_models(reference_model, candidate_model, tokenizer, texts, spec)
         seconds = time.perf_counter() - started
-    return seconds, result, layer_phase.by_function
+    return seconds, result, {**layer_phase.by_function, "ablations": layer_phase.ablation_seconds}
 
 
 # --- memory, in a fresh process per token budget -------------------------------------------------------------------
@@ -230,7 +249,8 @@ def main() -> None:
         texts = sample_texts(copies)
 
         statistics_spec = AnalysisSpec(max_tokens=args.max_tokens, layer_tokens=0)
-        layer_spec = AnalysisSpec(max_tokens=args.max_tokens, layer_tokens=args.layer_tokens)
+        layer_spec = AnalysisSpec(max_tokens=args.max_tokens, layer_tokens=args.layer_tokens)  # with ablations
+        layer_only_spec = AnalysisSpec(max_tokens=args.max_tokens, layer_tokens=args.layer_tokens, ablation_top_n=0)
         chunks = list(pipeline_chunks(reference_model, tokenizer, texts, statistics_spec))
         stats_batches = [chunk.unsqueeze(0) for chunk in chunks]  # batch_size 1, the spec's default
         from workers.pipelines.analysis.chunks import layer_sequences
@@ -248,14 +268,19 @@ def main() -> None:
                 "statistics": lambda: run_analysis(reference_model, candidate_model, tokenizer, texts,
                                                    statistics_spec),
                 "with_layers": lambda: run_analysis(reference_model, candidate_model, tokenizer, texts, layer_spec),
+                "layers_only": lambda: run_analysis(reference_model, candidate_model, tokenizer, texts,
+                                                    layer_only_spec),
+                "bare_candidate_layer_tokens": lambda: bare_candidate_forward(candidate_model, layer_batches),
                 "bare": lambda: bare_forward(reference_model, candidate_model, stats_batches),
                 "bare_layer_tokens": lambda: bare_forward(reference_model, candidate_model, layer_batches),
             }
             order = list(steps) if repetition % 2 == 0 else list(reversed(steps))
             outcome = {name: steps[name]() for name in order}
             statistics_seconds, statistics_result, _ = outcome["statistics"]
-            with_layers_seconds, layers_result, layer_parts = outcome["with_layers"]
-            layer_phase_seconds = sum(layer_parts.values())
+            with_layers_seconds, layers_result, with_layers_parts = outcome["with_layers"]
+            _, _, layer_parts = outcome["layers_only"]
+            layer_phase_seconds = layer_parts["weight_errors"] + layer_parts["layer_errors"]
+            ablations = with_layers_parts["ablations"]
             scored = statistics_result["tokens"]
             round_result = {
                 "statistics_s": statistics_seconds,
@@ -265,6 +290,10 @@ def main() -> None:
                 "weight_errors_s": layer_parts["weight_errors"],
                 "layer_errors_s": layer_parts["layer_errors"],
                 "bare_layer_tokens_s": outcome["bare_layer_tokens"],
+                "with_layers_phase_s": with_layers_parts["weight_errors"] + with_layers_parts["layer_errors"],
+                "ablation_s": sum(ablations) / len(ablations) if ablations else 0.0,
+                "ablations": len(ablations),
+                "bare_candidate_layer_tokens_s": outcome["bare_candidate_layer_tokens"],
                 "tokens": scored,
                 "layers": len(layers_result["layers"]),
             }
@@ -283,8 +312,18 @@ def main() -> None:
             "throughput_vs_limit": round(median([r["bare_s"] / r["statistics_s"] for r in rounds]), 3),
             "layer_phase_over_forward": round(median([r["layer_phase_s"] / r["bare_layer_tokens_s"] for r in rounds]),
                                               3),
-            "layer_phase_over_forward_by_difference": round(median(
-                [(r["with_layers_s"] - r["statistics_s"]) / r["bare_layer_tokens_s"] for r in rounds]), 3),
+            "ablation_over_forward": round(median([r["ablation_s"] / r["bare_candidate_layer_tokens_s"]
+                                                   for r in rounds]), 3),
+            # The ablated pass runs the reference (one module swapped), so this is its cost against what it runs;
+            # where bitsandbytes' bf16 CPU kernels run the NF4 candidate faster than the float32 reference, the
+            # candidate-based figure above is dominated by that speed difference.
+            "ablation_over_reference_forward": round(median(
+                [r["ablation_s"] / max(r["bare_layer_tokens_s"] - r["bare_candidate_layer_tokens_s"], 1e-9)
+                 for r in rounds]), 3),
+            "layer_phase_with_ablations_over_forward": round(median(
+                [r["with_layers_phase_s"] / r["bare_layer_tokens_s"] for r in rounds]), 3),
+            "ablation_s": round(median([r["ablation_s"] for r in rounds]), 4),
+            "bare_candidate_layer_tokens_s": round(median([r["bare_candidate_layer_tokens_s"] for r in rounds]), 4),
             "tokens_small": small["tokens"],
             "tokens_large": large["tokens"],
             "peak_mb_small": small["peak_mb"],
@@ -302,7 +341,7 @@ def main() -> None:
             "layer_phase_s": round(median([r["layer_phase_s"] for r in rounds]), 3),
             "layer_phase_parts_s": {
                 "weight_errors": round(median([r["weight_errors_s"] for r in rounds]), 3),
-                "hooked_passes_and_ablations": round(median([r["layer_errors_s"] for r in rounds]), 3),
+                "hooked_passes": round(median([r["layer_errors_s"] for r in rounds]), 3),
             },
             "statistics_overhead_us_per_scored_token": round(
                 median([(r["statistics_s"] - r["bare_s"]) / r["tokens"] for r in rounds]) * 1e6, 1),

@@ -1,6 +1,6 @@
 """Upload and download throughput of the file endpoint against the raw minio client, and the web's memory.
 
-    .venv/bin/python bench/upload.py [--file-mb 2048] [--ratio-mb 512] [--repetitions 5]
+    .venv/bin/python bench/upload.py [--file-mb 2048] [--ratio-mb 512] [--repetitions 5] [--push-mb 512]
 
 1. Memory: one `--file-mb` upload (os.urandom blocks generated while sending, never held whole) through
    PUT /api/v1/models/{m}/versions/1/files/{path}, while a thread samples the RSS of every gunicorn worker
@@ -15,6 +15,14 @@
    presigned URL, stream the body) and a minio get_object of an object of the same size. The order of API and
    raw alternates between rounds; the ratios are medians of the per-round ratios. CPU seconds per GiB of the
    web workers, the S3 server and this process are recorded per step, to show where a gap comes from.
+
+3. Push (`push_ratio`): a four-shard checkpoint of `--push-mb` MiB in all (valid safetensors shards of random
+   bytes, their index and a config.json) pushed `--push-repetitions` times with the project's client, `python -m
+   llmreg push DIR --model M` (a new version each time: SHA-256 of every file, upload, seal) as a subprocess,
+   timed whole, against the raw minio client putting the same four shards one after another (what an engineer
+   with a plain S3 client would do) and, for reference, all four at once from four threads. push_ratio is the
+   median per-round ratio of the client's MB/s to the sequential raw MB/s; push_ratio_vs_parallel_raw uses the
+   parallel one. Each push leaves a sealed version of `--push-mb` MiB behind (sealed versions are immutable).
 
 Uploads into one draft version under one path replace the previous file, which the service then deletes from
 storage; the raw objects are deleted after each round, and the last upload is replaced by a small one at the end
@@ -249,6 +257,121 @@ class FreshWeb:
             self.process.wait(timeout=60)
 
 
+# --- the push figure -----------------------------------------------------------------------------------------------
+
+
+def write_random_safetensors(path: Path, name: str, size: int) -> None:
+    """A valid safetensors file holding one uint8 tensor of `size` random bytes, written block by block."""
+    header = json.dumps({name: {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the format recommends
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little"))
+        handle.write(header)
+        for block in random_blocks(size):
+            handle.write(block)
+
+
+def write_push_checkpoint(directory: Path, total: int, shards: int = 4) -> list[Path]:
+    """config.json, `shards` model-0000i-of-0000n.safetensors and their index; returns the shard paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    per_shard = total // shards
+    paths, weight_map = [], {}
+    for number in range(1, shards + 1):
+        file_name = f"model-{number:05d}-of-{shards:05d}.safetensors"
+        tensor = f"model.blob_{number}"
+        write_random_safetensors(directory / file_name, tensor, per_shard)
+        weight_map[tensor] = file_name
+        paths.append(directory / file_name)
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": per_shard * shards}, "weight_map": weight_map}))
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                       "note": "bench/upload.py push figure: random bytes"}))
+    return paths
+
+
+def client_push(directory: Path, model: str, token: str) -> float:
+    """Seconds of one `python -m llmreg push` of the directory (a new sealed version)."""
+    env = {**os.environ, "LLMREG_URL": base_url(), "LLMREG_TOKEN": token}
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", "llmreg", "push", str(directory), "--model", model,
+                                "--description", "bench/upload.py push figure"],
+                               env=env, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"llmreg push exited {completed.returncode}: {completed.stderr[-1500:]}")
+    return seconds
+
+
+def raw_put_files(client, bucket: str, prefix: str, paths: list[Path], part_size: int, *, parallel: bool) -> tuple:
+    """Seconds to put every file with the raw minio client, sequentially or one thread per file; the keys."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def put(path: Path):
+        key = f"{prefix}/{path.name}"
+        with open(path, "rb") as handle:
+            written = client.put_object(bucket, key, handle, length=path.stat().st_size, part_size=part_size)
+        return key, written.version_id or ""
+
+    started = time.perf_counter()
+    if parallel:
+        with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+            keys = list(pool.map(put, paths))
+    else:
+        keys = [put(path) for path in paths]
+    return time.perf_counter() - started, keys
+
+
+def push_figure(args, token: str, client, bucket: str, part_size: int, scratch: Path) -> dict:
+    """push_ratio and what it is made of (see the module docstring, step 3)."""
+    total = args.push_mb * MIB
+    directory = scratch / "push-model"
+    log(f"push: writing a four-shard checkpoint of {args.push_mb} MiB")
+    paths = write_push_checkpoint(directory, total)
+    pushed_bytes = sum(path.stat().st_size for path in directory.iterdir())
+    model = unique_name("bench-push")
+    rounds = []
+    for repetition in range(args.push_repetitions):
+        prefix = f"bench/{model}/raw-{repetition}"
+        timings, keys = {}, []
+
+        def client_step():
+            timings["client"] = client_push(directory, model, token)
+
+        def raw_step():
+            seconds, written = raw_put_files(client, bucket, prefix + "-seq", paths, part_size, parallel=False)
+            timings["raw"] = seconds
+            keys.extend(written)
+
+        def raw_parallel_step():
+            seconds, written = raw_put_files(client, bucket, prefix + "-par", paths, part_size, parallel=True)
+            timings["raw_parallel"] = seconds
+            keys.extend(written)
+
+        order = [client_step, raw_step, raw_parallel_step]
+        for step in (order if repetition % 2 == 0 else list(reversed(order))):
+            step()
+        for key, version_id in keys:
+            client.remove_object(bucket, key, version_id=version_id or None)
+        rate = {"client": pushed_bytes / MIB / timings["client"], "raw": total / MIB / timings["raw"],
+                "raw_parallel": total / MIB / timings["raw_parallel"]}
+        rounds.append(rate)
+        log(f"push round {repetition + 1}/{args.push_repetitions}: MiB/s " + ", ".join(
+            f"{name} {value:.0f}" for name, value in sorted(rate.items())))
+    return {
+        "push_ratio": round(median([r["client"] / r["raw"] for r in rounds]), 3),
+        "push_ratio_vs_parallel_raw": round(median([r["client"] / r["raw_parallel"] for r in rounds]), 3),
+        "push_mb_per_s": round(median([r["client"] for r in rounds]), 1),
+        "push_raw_mb_per_s": round(median([r["raw"] for r in rounds]), 1),
+        "push_raw_parallel_mb_per_s": round(median([r["raw_parallel"] for r in rounds]), 1),
+        "push_mb": args.push_mb,
+        "push_shards": len(paths),
+        "push_repetitions": args.push_repetitions,
+        "push_model": model,
+        "push_note": ("llmreg push (process start, SHA-256 of every file, upload, seal) timed whole; raw: minio "
+                      "put_object of the four shards, one after another (push_ratio) or from four threads"),
+    }
+
+
 # --- the benchmark -------------------------------------------------------------------------------------------------
 
 
@@ -264,6 +387,8 @@ def main() -> None:
     parser.add_argument("--file-mb", type=int, default=2048, help="size of the upload whose memory is watched")
     parser.add_argument("--ratio-mb", type=int, default=512, help="size of the file the throughputs are timed on")
     parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--push-mb", type=int, default=512, help="size of the four-shard model pushed (0: skip)")
+    parser.add_argument("--push-repetitions", type=int, default=3)
     parser.add_argument("--web", choices=["stack", "fresh"], default="stack",
                         help="measure memory on the stack's workers (.var/run/web.pid) or on a fresh private gunicorn")
     args = parser.parse_args()
@@ -279,7 +404,7 @@ def main() -> None:
     file_size, ratio_size = args.file_mb * MIB, args.ratio_mb * MIB
     scratch = Path(tempfile.mkdtemp(prefix="bench-upload-"))
     # Storage reclaims deleted volumes lazily, so count every byte written plus the local file and a margin.
-    check_disk(scratch, ratio_size + file_size + 2 * args.repetitions * ratio_size + 1024 * MIB)
+    check_disk(scratch, ratio_size + file_size + 2 * args.repetitions * ratio_size + args.push_mb * MIB + 1024 * MIB)
     check_disk(ROOT / ".var", file_size + 2 * args.repetitions * ratio_size + 1024 * MIB)
 
     model = unique_name("bench-upload")
@@ -381,6 +506,7 @@ def main() -> None:
                        for group in cpu.groups}
                 for step in ("api_upload", "raw_upload", "api_download", "raw_download")
             },
+            **(push_figure(args, token, client, bucket, settings.S3_PART_SIZE, scratch) if args.push_mb else {}),
             "part_size_mb": settings.S3_PART_SIZE / MIB,
             "upload_client": "http.client, Content-Length, 1 MiB sends",
             "storage": "SeaweedFS S3 (scripts/s3server.py)",

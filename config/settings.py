@@ -171,6 +171,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 # Name of the queue for GPU work; empty means every job runs on the cpu queue.
 GPU_QUEUE = env_str("GPU_QUEUE", "")
+# A pool child whose peak RSS (billiard reads ru_maxrss) passed this many KiB during a job is replaced after it:
+# a fresh child per heavy job, so an idle worker gives the memory back.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("WORKER_MAX_MEMORY_PER_CHILD_KB", 2_000_000)
 JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 6 * 3600)
 WORK_DIR = Path(env_str("WORK_DIR", str(BASE_DIR / ".var" / "work")))
 

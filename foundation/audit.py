@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.db.models.signals import post_save
 from django.db.models.expressions import RawSQL
+from django.db.models.signals import post_save
 from django.utils import timezone
 
 from foundation.models import AuditEvent

@@ -118,7 +118,7 @@ bench() {
   ensure_secrets
   s3_env
   local failed=0
-  for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/report.py \
+  for script in bench/upload.py bench/quantize.py bench/analysis.py bench/lora.py bench/rollback.py bench/api.py bench/report.py \
       bench/load.py bench/pii.py bench/evaluation.py; do
     [ -f "$script" ] || continue
     echo "== $script"

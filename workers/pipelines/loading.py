@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from workers.pipelines.errors import PipelineInputError
+from workers.pipelines.memory import checkpoint_dtype, loaded_bytes, stored_tensors
 
 # Files save_pretrained of a tokenizer may write. An adapter directory holding any of them carries its own
 # tokenizer (one trained with new tokens does); a derived version copies them so it tokenizes identically.
@@ -28,6 +29,10 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+# Written weights (quantized versions, merged LoRA) come in shards of at most this size (a 70B model in NF4 is
+# ~35 GB): uploads, downloads and the seal's header checks then go file by file, and a cut transfer repeats one
+# shard only.
+MAX_SHARD_SIZE = "5GB"
 # The libraries whose code decides the weights every pipeline writes, recorded for the audit trail.
 RECORDED_LIBRARIES = ("torch", "transformers", "bitsandbytes")
 
@@ -184,6 +189,41 @@ def load_tokenizer(model_dir: Path, *, adapter_dir: Path | None = None):
         ) from error
 
 
+def load_dtype(model_dir: Path, config: dict, dtype=None) -> str | None:
+    """The dtype a version loads in: `dtype` when given, else the checkpoint's own (bf16 stays bf16).
+
+    The weights' headers decide, not config.json's `dtype`/`torch_dtype`: a config that says float32 beside
+    bfloat16 weights would otherwise upcast the whole model to twice its size. A quantized checkpoint returns
+    None: transformers' "auto" then restores the dtype its own save_pretrained recorded.
+    """
+    if dtype is not None:
+        return str(dtype).removeprefix("torch.")
+    if "quantization_config" in config:
+        return None
+    return checkpoint_dtype(stored_tensors(model_dir))
+
+
+def floating_dtype(model, *, frozen_only: bool = False) -> str | None:
+    """The floating dtype holding most of the model's parameters ("bfloat16"); 4-bit weights (uint8) do not count.
+
+    frozen_only: the base's parameters only, not the adapter being trained.
+    """
+    counts: dict[torch.dtype, int] = {}
+    for parameter in model.parameters():
+        if parameter.dtype.is_floating_point and not (frozen_only and parameter.requires_grad):
+            counts[parameter.dtype] = counts.get(parameter.dtype, 0) + parameter.numel()
+    return str(max(counts, key=counts.get)).removeprefix("torch.") if counts else None
+
+
+def resident_bytes(model_dir: Path, *, adapter_dir: Path | None = None, dtype=None) -> int:
+    """Bytes the version's weights (and adapter) take once load_causal_lm has loaded them, from the headers."""
+    config = read_model_config(model_dir)
+    total = loaded_bytes(stored_tensors(model_dir), load_dtype(model_dir, config, dtype))
+    if adapter_dir is not None:
+        total += loaded_bytes(stored_tensors(adapter_dir))
+    return total
+
+
 def load_causal_lm(
     model_dir: Path,
     *,
@@ -191,22 +231,26 @@ def load_causal_lm(
     device: str | None = None,
     dtype=None,
 ):
-    """Load a version directory (and optionally a LoRA adapter on top) in eval mode; return (model, tokenizer)."""
+    """Load a version directory (and optionally a LoRA adapter on top) in eval mode; return (model, tokenizer).
+
+    Weights load in the checkpoint's own dtype (load_dtype) straight onto `device`: on a GPU, device_map places
+    each tensor there as it is read, so host memory never holds the whole model.
+    """
     model_dir = Path(model_dir)
     device = device or pick_device()
     config = read_model_config(model_dir)
     check_weight_files_readable(model_dir)
 
     kwargs = {}
-    if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    chosen = load_dtype(model_dir, config, dtype)
+    if chosen is not None:
+        kwargs["dtype"] = getattr(torch, chosen)
     quantized = "quantization_config" in config
-    if quantized:
-        # bitsandbytes layers must be created on their final device; moving them afterwards is not supported.
+    if quantized or device != "cpu":
+        # bitsandbytes layers must be created on their final device (moving them afterwards is not supported),
+        # and a plain model read straight onto the GPU never has a full copy in host memory.
         kwargs["device_map"] = {"": device}
     model = from_pretrained_checked(model_dir, **kwargs)
-    if not quantized:
-        model = model.to(device)
 
     if adapter_dir is not None:
         model = load_adapter(model, Path(adapter_dir))

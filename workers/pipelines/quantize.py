@@ -13,14 +13,8 @@ from pathlib import Path
 import torch
 
 from workers.pipelines.errors import PipelineInputError
-from workers.pipelines.specs import (  # noqa: F401  (the quantize API: specs live where the web can import them)
-    COMPUTE_DTYPES,
-    METHODS,
-    QuantizeSpec,
-    is_skipped,
-    validate_quantize_spec,
-)
 from workers.pipelines.loading import (
+    MAX_SHARD_SIZE,
     TOKENIZER_FILES,
     build_skeleton,
     check_tensor_shapes,
@@ -29,10 +23,28 @@ from workers.pipelines.loading import (
     from_pretrained_checked,
     library_versions,
     linear_module_names,
+    load_dtype,
     pick_device,
     read_model_config,
     weight_files,
 )
+from workers.pipelines.memory import (
+    LIBRARY_OVERHEAD_BYTES,
+    PeakMemory,
+    check_fits,
+    largest_tensor_bytes,
+    quantized_bytes,
+    release_memory,
+    stored_tensors,
+)
+from workers.pipelines.specs import (  # noqa: F401  (the quantize API: specs live where the web can import them)
+    COMPUTE_DTYPES,
+    METHODS,
+    QuantizeSpec,
+    is_skipped,
+    validate_quantize_spec,
+)
+
 
 def bitsandbytes_config(spec: QuantizeSpec):
     """The transformers BitsAndBytesConfig that carries out spec."""
@@ -76,14 +88,40 @@ def directory_weight_bytes(model_dir: Path) -> int:
     return sum(path.stat().st_size for path in weight_files(model_dir) if path.suffix == ".safetensors")
 
 
+def quantize_needed_bytes(source_dir: Path, planned: list[str], spec: QuantizeSpec, dtype: str | None) -> int:
+    """Memory the quantize job takes on its device: the quantized model, two tensors in flight, the libraries."""
+    tensors = stored_tensors(source_dir)
+    return (quantized_bytes(tensors, planned, spec.method, dtype) + 2 * largest_tensor_bytes(tensors, dtype)
+            + LIBRARY_OVERHEAD_BYTES)
+
+
 def quantize_version(
     source_dir: Path,
     out_dir: Path,
     spec: QuantizeSpec,
     report: Callable[[int, str], None] = lambda percent, message: None,
+    *,
+    available_bytes: int | None = None,
+    max_shard_size: str | int = MAX_SHARD_SIZE,
 ) -> dict:
-    """Quantize the version in source_dir as spec says, write it to out_dir, and return what was done."""
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    """Quantize the version in source_dir as spec says, write it to out_dir, and return what was done.
+
+    `available_bytes` replaces the measured free memory of the device in the pre-flight check; the weights are
+    written in shards of at most `max_shard_size`.
+    """
+    device = pick_device()
+    try:
+        with PeakMemory(device) as peak:
+            result = _quantize_version(Path(source_dir), Path(out_dir), spec, report, device, available_bytes,
+                                       max_shard_size)
+    finally:
+        release_memory(device)
+    result.update(peak.figures())
+    return result
+
+
+def _quantize_version(source_dir: Path, out_dir: Path, spec: QuantizeSpec, report, device: str,
+                      available_bytes: int | None, max_shard_size: str | int) -> dict:
     started = time.monotonic()
     if out_dir.exists() and any(out_dir.iterdir()):
         # The caller owns a fresh scratch directory per job; never mix a new result with an old one.
@@ -102,13 +140,17 @@ def quantize_version(
     check_tensor_shapes(source_dir, skeleton)
     planned, _ = plan_quantization(skeleton, spec)
     size_before = directory_weight_bytes(source_dir)
-    device = pick_device()
+    dtype = load_dtype(source_dir, config)
+    memory = check_fits(needed_bytes=quantize_needed_bytes(source_dir, planned, spec, dtype),
+                        what=f"Quantizing this model to {spec.method}", device=device, available_bytes=available_bytes)
     quantization_config = bitsandbytes_config(spec)
 
     report(10, f"Loading and quantizing {len(planned)} Linear layers to {spec.method} on {device}")
-    # bitsandbytes quantizes each Linear weight as it is placed on the device, so loading is quantizing.
+    # bitsandbytes quantizes each Linear weight as it is placed on the device, so loading is quantizing. The
+    # layers it keeps (embeddings, norms, lm_head) stay in the checkpoint's own dtype: no float32 copy.
     model = from_pretrained_checked(
-        source_dir, quantization_config=quantization_config, device_map={"": device}
+        source_dir, quantization_config=quantization_config, device_map={"": device},
+        **({"dtype": getattr(torch, dtype)} if dtype else {}),
     )
     quantized = quantized_module_names(model)
     skipped = [name for name in linear_module_names(model) if name not in quantized]
@@ -123,7 +165,7 @@ def quantize_version(
         # No forward pass may run before this save: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit
         # weights at the first inference call and its inverse leaves absmax transposed in bfloat16, so a model
         # saved after inference reloads with scrambled scales.
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, max_shard_size=max_shard_size)
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # the worker process lives on; give the next job the memory
@@ -140,6 +182,8 @@ def quantize_version(
             },
             "library_versions": library_versions(),
             "device": device_description(device),
+            "dtype": dtype,
+            "memory": memory,
             "wall_seconds": round(time.monotonic() - started, 3),
             "size_before_bytes": size_before,
             "size_after_bytes": size_after,

@@ -36,7 +36,7 @@ DISTRIBUTION_KEYS = ["mean", "mean_uncertainty", "min"] + [key for key, _ in PER
 RESULT_KEYS = {
     "tokens", "seconds", "kl", "delta_p", "rms_delta_p", "top1_agreement", "top1_agreement_uncertainty",
     "topk_overlap", "ppl_reference", "ppl_candidate", "ppl_ratio", "ln_ppl_ratio", "nll_correlation", "flips",
-    "layers", "histograms", "device",
+    "layers", "histograms", "device", "memory", "peak_rss_bytes", "rss_before_bytes", "peak_gpu_bytes", "dtypes",
 }
 LAYER_KEYS = {
     "name", "relative_error", "relative_error_propagated", "cosine", "sqnr_db", "max_error_channel",

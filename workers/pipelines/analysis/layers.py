@@ -46,15 +46,17 @@ def _linear_units(model) -> dict[str, torch.nn.Module]:
 
 
 class _LayerError:
-    """Sums over the layer-phase tokens for one module, in float64."""
+    """Sums over the layer-phase tokens for one module, in float64.
+
+    The sums stay on the module's device and are read back once, in result(): a read per sum and sequence
+    would stop the GPU at every Linear of the model (five host synchronisations per module) and leave it idle
+    between them. Same float64 arithmetic either way.
+    """
+
+    SUMS = ("reference_energy", "local_energy", "local_error", "local_dot", "propagated_error")
 
     def __init__(self):
-        self.reference_energy = 0.0
-        self.local_energy = 0.0
-        self.local_error = 0.0
-        self.local_dot = 0.0
-        self.propagated_error = 0.0
-        self.propagated_reference_energy = 0.0
+        self.sums: torch.Tensor | None = None  # SUMS, in that order
         self.channel_error: torch.Tensor | None = None
         self.candidate_input_dtype: torch.dtype | None = None
 
@@ -66,27 +68,30 @@ class _LayerError:
         reference_flat, local_flat = reference.reshape(-1), local.reshape(-1)
         channel_error = (local - reference).square_().sum(0)
         self.channel_error = channel_error if self.channel_error is None else self.channel_error + channel_error
-        self.reference_energy += float(torch.dot(reference_flat, reference_flat))
-        self.local_energy += float(torch.dot(local_flat, local_flat))
-        self.local_error += float(channel_error.sum())
-        self.local_dot += float(torch.dot(local_flat, reference_flat))
         propagated = (own - reference).reshape(-1)
-        self.propagated_error += float(torch.dot(propagated, propagated))
+        sums = torch.stack((
+            torch.dot(reference_flat, reference_flat),
+            torch.dot(local_flat, local_flat),
+            channel_error.sum(),
+            torch.dot(local_flat, reference_flat),
+            torch.dot(propagated, propagated),
+        ))
+        self.sums = sums if self.sums is None else self.sums + sums
 
     def result(self, name: str, weight_relative_error: float | None) -> dict:
-        relative_error = self.local_error / self.reference_energy if self.reference_energy > 0 else None
-        norms = math.sqrt(self.local_energy * self.reference_energy)
+        values = self.sums.tolist() if self.sums is not None else [0.0] * len(self.SUMS)
+        reference_energy, local_energy, local_error, local_dot, propagated_error = values
+        relative_error = local_error / reference_energy if reference_energy > 0 else None
+        norms = math.sqrt(local_energy * reference_energy)
         return {
             "name": name,
             "relative_error": relative_error,
-            "relative_error_propagated": (
-                self.propagated_error / self.reference_energy if self.reference_energy > 0 else None
-            ),
-            "cosine": max(-1.0, min(1.0, self.local_dot / norms)) if norms > 0 else None,
+            "relative_error_propagated": propagated_error / reference_energy if reference_energy > 0 else None,
+            "cosine": max(-1.0, min(1.0, local_dot / norms)) if norms > 0 else None,
             # Infinite SQNR (no error at all) is reported as null: JSON has no infinity.
             "sqnr_db": 10 * math.log10(1 / relative_error) if relative_error else None,
             "max_error_channel": (
-                int(self.channel_error.argmax()) if self.channel_error is not None and self.local_error > 0 else None
+                int(self.channel_error.argmax()) if self.channel_error is not None and local_error > 0 else None
             ),
             "weight_relative_error": weight_relative_error,
             "ablation_kl": None,
@@ -313,13 +318,13 @@ def _weight_relative_error(reference_unit, candidate_unit) -> float | None:
     candidate_weight = _effective_weight(candidate_unit)
     if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
         return None
-    difference = reference_norm = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=reference_weight.device)  # read back once, after the loop
     rows = max(1, LOG_PROB_ELEMENTS_PER_BLOCK // max(1, reference_weight.shape[-1]))
     for start in range(0, reference_weight.shape[0], rows):
         reference_rows = reference_weight[start : start + rows].to(torch.float64)
         candidate_rows = candidate_weight[start : start + rows].to(device=reference_rows.device, dtype=torch.float64)
-        difference += float((candidate_rows - reference_rows).square().sum())
-        reference_norm += float(reference_rows.square().sum())
+        sums += torch.stack(((candidate_rows - reference_rows).square().sum(), reference_rows.square().sum()))
+    difference, reference_norm = sums.tolist()
     if reference_norm == 0:
         return None
     return math.sqrt(difference / reference_norm)

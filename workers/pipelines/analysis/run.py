@@ -13,6 +13,7 @@ from workers.pipelines.analysis.chunks import EvaluationChunks, layer_sequences
 from workers.pipelines.analysis.layers import layer_errors, weight_errors
 from workers.pipelines.analysis.statistics import score_chunks
 from workers.pipelines.errors import PipelineInputError
+from workers.pipelines.memory import PeakMemory, analysis_working_bytes, check_fits, release_memory
 from workers.pipelines.specs import (  # noqa: F401  (re-exported by the package)
     DEFAULT_CONTEXT_LENGTH,
     MAX_ABLATION_TOP_N,
@@ -45,20 +46,58 @@ def analyse_versions(
     reference_adapter_dir: Path | None = None,
     candidate_adapter_dir: Path | None = None,
     report: ProgressCallback = _ignore_progress,
+    available_bytes: int | None = None,
 ) -> dict:
-    """Load two version directories (with optional LoRA adapters) and analyse the candidate against the reference."""
-    from workers.pipelines.loading import load_causal_lm, pick_device
+    """Load two version directories (with optional LoRA adapters) and analyse the candidate against the reference.
+
+    Before anything loads, the two models' resident size (from their headers) plus the analysis' bounded working
+    set is checked against the device's free memory (`available_bytes` replaces that measurement).
+    """
+    from workers.pipelines.loading import pick_device
 
     validate_analysis_spec(spec)
     if mcq:
         check_mcq_records(mcq)
     device = pick_device()
+    same_version = _same_path(reference_dir, candidate_dir) and _same_path(
+        reference_adapter_dir, candidate_adapter_dir
+    )
+    memory = _check_analysis_fits(reference_dir, candidate_dir, reference_adapter_dir, candidate_adapter_dir, spec,
+                                  same_version=same_version, device=device, available_bytes=available_bytes)
+    try:
+        with PeakMemory(device) as peak:
+            result = _load_and_analyse(reference_dir, candidate_dir, texts, spec, mcq=mcq,
+                                       reference_adapter_dir=reference_adapter_dir,
+                                       candidate_adapter_dir=candidate_adapter_dir, same_version=same_version,
+                                       device=device, report=report)
+    finally:
+        release_memory(device)  # the two models went with _load_and_analyse's frame
+    return {**result, "memory": memory, **peak.figures()}
+
+
+def _check_analysis_fits(reference_dir, candidate_dir, reference_adapter_dir, candidate_adapter_dir, spec, *,
+                         same_version: bool, device: str, available_bytes: int | None) -> dict:
+    from workers.pipelines.loading import read_model_config, resident_bytes
+
+    weights = resident_bytes(Path(reference_dir), adapter_dir=reference_adapter_dir)
+    if not same_version:
+        weights += resident_bytes(Path(candidate_dir), adapter_dir=candidate_adapter_dir)
+    config = read_model_config(Path(reference_dir))
+    positions = config.get("max_position_embeddings") or DEFAULT_CONTEXT_LENGTH
+    context_length = spec.context_length or min(int(positions), DEFAULT_CONTEXT_LENGTH)
+    working = analysis_working_bytes(config, context_length=min(context_length, spec.max_tokens),
+                                     batch_size=spec.batch_size, layer_tokens=spec.layer_tokens)
+    return check_fits(needed_bytes=weights + working, what="Analysing these two versions", device=device,
+                      available_bytes=available_bytes)
+
+
+def _load_and_analyse(reference_dir, candidate_dir, texts, spec, *, mcq, reference_adapter_dir,
+                      candidate_adapter_dir, same_version: bool, device: str, report: ProgressCallback) -> dict:
+    from workers.pipelines.loading import floating_dtype, load_causal_lm
+
     report(0, "Loading the reference model")
     reference_model, reference_tokenizer = load_causal_lm(
         Path(reference_dir), adapter_dir=reference_adapter_dir, device=device
-    )
-    same_version = _same_path(reference_dir, candidate_dir) and _same_path(
-        reference_adapter_dir, candidate_adapter_dir
     )
     if same_version:
         # One copy serves as both: the analysis of a version against itself is then exactly zero by construction.
@@ -69,7 +108,7 @@ def analyse_versions(
             Path(candidate_dir), adapter_dir=candidate_adapter_dir, device=device
         )
         _check_same_tokenizer(reference_tokenizer, candidate_tokenizer)
-    return analyse_models(
+    result = analyse_models(
         reference_model,
         candidate_model,
         reference_tokenizer,
@@ -78,6 +117,8 @@ def analyse_versions(
         mcq=mcq,
         report=_scaled_progress(report, 10, 100),
     )
+    result["dtypes"] = {"reference": floating_dtype(reference_model), "candidate": floating_dtype(candidate_model)}
+    return result
 
 
 def analyse_models(

@@ -24,7 +24,6 @@ from workers.pipelines.lora.records import (
     usable,
 )
 from workers.pipelines.lora.run import merge_lora, train_lora
-from workers.pipelines.specs import LoraSpec, validate_lora_spec
 from workers.pipelines.lora.training import (
     EVALUATIONS_DURING_TRAINING,
     MAX_CURVE_POINTS,
@@ -32,6 +31,7 @@ from workers.pipelines.lora.training import (
     REPORT_INTERVAL_SECONDS,
     ProgressCallback,
 )
+from workers.pipelines.specs import LoraSpec, validate_lora_spec
 
 __all__ = [
     "ATTENTION_PROJECTIONS",

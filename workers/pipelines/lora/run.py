@@ -10,11 +10,15 @@ import torch
 
 from workers.pipelines.errors import PipelineInputError
 from workers.pipelines.loading import (
+    MAX_SHARD_SIZE,
     device_description,
+    floating_dtype,
     library_versions,
     load_causal_lm,
+    load_dtype,
     pick_device,
     read_model_config,
+    resident_bytes,
 )
 from workers.pipelines.lora.adapters import (
     attach_adapter,
@@ -32,8 +36,9 @@ from workers.pipelines.lora.records import (
     split_records,
     usable,
 )
-from workers.pipelines.specs import LoraSpec, validate_lora_spec
 from workers.pipelines.lora.training import MAX_GRAD_NORM, ProgressCallback, resolve_steps, run_training
+from workers.pipelines.memory import PeakMemory, check_fits, release_memory, training_working_bytes
+from workers.pipelines.specs import LoraSpec, validate_lora_spec
 
 
 def _no_report(percent: int, message: str) -> None:
@@ -48,12 +53,14 @@ def train_lora(
     *,
     report: ProgressCallback = _no_report,
     base_reference: str | None = None,
+    available_bytes: int | None = None,
 ) -> dict:
     """Train a LoRA adapter on base_dir with records; write adapter + tokenizer to out_dir; return the run's metadata.
 
     `base_reference` (e.g. "credit-model/3") becomes adapter_config.json's base_model_name_or_path; without it the
     field is left empty rather than naming a scratch path. out_dir must be absent or empty, and holds the complete
-    result or nothing whatever fails (NaN loss, cancellation, a crash).
+    result or nothing whatever fails (NaN loss, cancellation, a crash). The base loads in its own dtype, after a
+    check that it and the training's working set fit the device (`available_bytes` replaces the measurement).
     """
     started = time.perf_counter()
     validate_lora_spec(spec)
@@ -73,6 +80,22 @@ def train_lora(
     config = read_model_config(base_dir)
     quantization = quantization_of(config)
     device = pick_device()
+    dtype = load_dtype(base_dir, config)
+    working = training_working_bytes(config, batch_size=spec.batch_size, max_length=spec.max_length, dtype=dtype,
+                                     gradient_checkpointing=spec.gradient_checkpointing)
+    memory = check_fits(needed_bytes=resident_bytes(base_dir) + working, what="Training a LoRA update on this base",
+                        device=device, available_bytes=available_bytes)
+    try:
+        with PeakMemory(device) as peak:
+            metadata = _train(base_dir, records, out_dir, spec, train_records, eval_records, quantization, device,
+                              report, base_reference, started)
+    finally:
+        release_memory(device)  # the base and its adapter went with _train's frame
+    return {**metadata, "memory": memory, **peak.figures()}
+
+
+def _train(base_dir: Path, records, out_dir: Path, spec: LoraSpec, train_records, eval_records, quantization,
+           device: str, report: ProgressCallback, base_reference: str | None, started: float) -> dict:
     model, tokenizer = load_causal_lm(base_dir, device=device)
 
     warnings: list[str] = []
@@ -151,6 +174,8 @@ def train_lora(
         "steps_per_second": round(steps / run["training_seconds"], 3) if run["training_seconds"] > 0 else None,
         "library_versions": library_versions("peft"),
         "device": device_description(device),
+        # The frozen base's dtype after training: bf16 stays bf16 (no float32 copy of the base, see attach_adapter).
+        "base_dtype": floating_dtype(peft_model, frozen_only=True),
         "files": files,
         "warnings": warnings,
     }
@@ -176,7 +201,7 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:
         raise PipelineInputError(f"The adapter in {adapter_dir} cannot be merged: {error}") from error
 
     def write(staging: Path) -> None:
-        merged.save_pretrained(str(staging), safe_serialization=True)
+        merged.save_pretrained(str(staging), safe_serialization=True, max_shard_size=MAX_SHARD_SIZE)
         tokenizer.save_pretrained(str(staging))
 
     files = write_via_staging(out_dir, write)
