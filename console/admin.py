@@ -4,6 +4,7 @@ from django.contrib import admin
 from console import (  # noqa: F401
     analysis_pages,  # noqa: F401
     audit_pages,
+    evaluation_pages,
     governance_pages,
     job_pages,
     registry_pages,

@@ -1,27 +1,24 @@
 """Analyses in the admin: a list of how far each candidate moved from its reference, and a read-only page with
-the statistics, the worst layers and the charts the worker stored."""
+the statistics, the full KL and Δp percentile tables, every measured layer (sortable) and the charts the worker
+stored."""
+import re
+
 from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from console.measurements import significant, with_uncertainty
 from foundation.admin_access import RoleAccessMixin
 from reports.templatetags.report_format import num
 from workers.models import Analysis
 
-TOP_LAYERS = 10  # the full per-layer table is in the API document and the report's appendix
-
-# (label, key path in Analysis.result); the statistics an approver reads first, in that order.
+# (label, key path in Analysis.result[, key path of its standard error]); the statistics an approver reads first.
 STATISTICS = [
     ("tokens scored", ("tokens",)),
-    ("KL mean (nats)", ("kl", "mean")),
-    ("KL mean uncertainty", ("kl", "mean_uncertainty")),
-    ("KL median", ("kl", "median")),
-    ("KL p95", ("kl", "p95")),
+    ("KL mean (nats)", ("kl", "mean"), ("kl", "mean_uncertainty")),
     ("KL p99", ("kl", "p99")),
-    ("KL p99.9", ("kl", "p99_9")),
     ("KL max", ("kl", "max")),
-    ("same top-1 token", ("top1_agreement",)),
-    ("same top-1 uncertainty", ("top1_agreement_uncertainty",)),
+    ("same top-1 token", ("top1_agreement",), ("top1_agreement_uncertainty",)),
     ("top-k overlap", ("topk_overlap",)),
     ("RMS Δp", ("rms_delta_p",)),
     ("Δp p99", ("delta_p", "p99")),
@@ -51,23 +48,76 @@ def _lookup(result: dict | None, keys: tuple[str, ...]):
     return value
 
 
+# The percentile sketch knows each percentile to within 0.5 % relative error: 3 significant digits.
+PERCENTILE_DIGITS = 3
+# (label, key in result["kl"] and result["delta_p"]), in rank order.
+PERCENTILE_ROWS = [
+    ("minimum", "min"), ("0.1st percentile", "p0_1"), ("1st percentile", "p1"), ("5th percentile", "p5"),
+    ("10th percentile", "p10"), ("median", "median"), ("90th percentile", "p90"), ("95th percentile", "p95"),
+    ("99th percentile", "p99"), ("99.9th percentile", "p99_9"), ("maximum", "max"),
+]
+# ?sort= values of the per-layer table -> (key in a layer, label of its column)
+LAYER_SORTS = {
+    "name": ("name", "Module"),
+    "error": ("relative_error", "Relative error"),
+    "propagated": ("relative_error_propagated", "Propagated"),
+    "weight": ("weight_relative_error", "Weight relative error"),
+}
+DEFAULT_LAYER_SORT = "error"
+
+
 def statistics_rows(result: dict | None) -> list[tuple[str, str]]:
-    """(label, value with 4 significant digits) for each statistic the analysis measured."""
+    """(label, value) for each statistic the analysis measured: ± its standard error where it has one, rounded to
+    what that error supports; otherwise 4 significant digits."""
     rows = []
-    for label, keys in STATISTICS:
+    for label, keys, *error_keys in STATISTICS:
         value = _lookup(result, keys)
-        if value is not None:
-            rows.append((label, num(value)))
+        if value is None:
+            continue
+        stderr = _lookup(result, error_keys[0]) if error_keys else None
+        rows.append((label, with_uncertainty(value, stderr) if stderr is not None else num(value)))
     return rows
 
 
-def worst_layers(result: dict | None, top_n: int = TOP_LAYERS) -> list[dict]:
-    """The `top_n` modules with the largest relative output error, formatted for the table."""
-    layers = [layer for layer in (result or {}).get("layers") or [] if layer.get("relative_error") is not None]
-    layers.sort(key=lambda layer: -float(layer["relative_error"]))
-    return [{"name": layer.get("name", "?"), "relative_error": num(layer.get("relative_error")),
-             "relative_error_propagated": num(layer.get("relative_error_propagated")),
-             "weight_relative_error": num(layer.get("weight_relative_error"))} for layer in layers[:top_n]]
+def percentile_rows(result: dict | None) -> list[dict]:
+    """The KL and Δp distributions side by side: mean ± uncertainty, then every percentile the sketch kept."""
+    kl, delta_p = (result or {}).get("kl") or {}, (result or {}).get("delta_p") or {}
+    rows = [{"label": "mean", "kl": with_uncertainty(kl.get("mean"), kl.get("mean_uncertainty")),
+             "delta_p": with_uncertainty(delta_p.get("mean"), delta_p.get("mean_uncertainty"))}]
+    rows += [{"label": label, "kl": significant(kl.get(key), PERCENTILE_DIGITS),
+              "delta_p": significant(delta_p.get(key), PERCENTILE_DIGITS)}
+             for label, key in PERCENTILE_ROWS if key in kl or key in delta_p]
+    return rows if kl or delta_p else []
+
+
+def layer_rows(result: dict | None, *, sort: str = DEFAULT_LAYER_SORT, descending: bool = True) -> list[dict]:
+    """Every measured module, sorted by a LAYER_SORTS column (missing values last), formatted for the table."""
+    key = LAYER_SORTS.get(sort, LAYER_SORTS[DEFAULT_LAYER_SORT])[0]
+    layers = list((result or {}).get("layers") or [])
+    present = [layer for layer in layers if layer.get(key) is not None]
+    missing = [layer for layer in layers if layer.get(key) is None]
+    present.sort(key=lambda layer: _natural(layer[key]) if key == "name" else float(layer[key]), reverse=descending)
+    return [{"name": layer.get("name", "?"), "relative_error": significant(layer.get("relative_error")),
+             "relative_error_propagated": significant(layer.get("relative_error_propagated")),
+             "weight_relative_error": significant(layer.get("weight_relative_error"))} for layer in present + missing]
+
+
+def _natural(name: str) -> list:
+    """'model.layers.10.mlp' after 'model.layers.9.mlp': numbers compared as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(name))]
+
+
+def layer_columns(sort: str, descending: bool) -> list[dict]:
+    """The per-layer table's headers: each a link that sorts by it (again: the other direction)."""
+    columns = []
+    for name, (_, label) in LAYER_SORTS.items():
+        current = name == sort
+        # A first click sorts errors largest first and names A to Z; a second click reverses.
+        first_descending = name != "name"
+        next_descending = (not descending) if current else first_descending
+        columns.append({"label": label, "current": current, "descending": descending if current else None,
+                        "url": f"?sort={name}&order={'desc' if next_descending else 'asc'}#analysis-layers"})
+    return columns
 
 
 def _version_link(version):
@@ -136,11 +186,14 @@ class AnalysisAdmin(RoleAccessMixin, admin.ModelAdmin):
         analysis = (Analysis.objects.select_related("job", "candidate__model", "reference__model", "dataset")
                     .filter(pk=object_id).first())
         context = {"analysis": analysis}
+        sort = request.GET.get("sort") if request.GET.get("sort") in LAYER_SORTS else DEFAULT_LAYER_SORT
+        descending = request.GET.get("order", "asc" if sort == "name" else "desc") != "asc"
         if analysis:
             context.update({
                 "statistics": statistics_rows(analysis.result),
-                "worst_layers": worst_layers(analysis.result),
-                "layer_count": len((analysis.result or {}).get("layers") or []),
+                "percentiles": percentile_rows(analysis.result),
+                "layers": layer_rows(analysis.result, sort=sort, descending=descending),
+                "layer_columns": layer_columns(sort, descending),
                 # The API answers these with a 302 to a presigned storage URL; the browser's admin session
                 # authenticates the API request, so an <img> needs no token.
                 "plots": [{"title": PLOT_TITLES.get(plot["name"], plot["name"].replace("_", " ")),

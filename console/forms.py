@@ -92,6 +92,43 @@ class AnalysisStartForm(forms.Form):
         return payload
 
 
+class EvaluationStartForm(forms.Form):
+    dataset = DatasetChoiceField(purpose=Dataset.Purpose.EVALUATION,
+                                 help_text="A labelled evaluation dataset: multiple choice {prompt, choices, answer}, "
+                                           "classification {text, label} or generation {prompt, answer} records.")
+    reference = VersionChoiceField(queryset=ModelVersion.objects.none(), required=False,
+                                   empty_label="none: evaluate this version alone",
+                                   help_text="A version of the same model evaluated on the same records; the "
+                                             "deltas are in percentage points.")
+    limit = forms.IntegerField(required=False, min_value=1,
+                               help_text="Evaluate only the first records (empty: all; the policy gates accept "
+                                         "only whole-dataset evaluations).")
+
+    def __init__(self, *args, version: ModelVersion, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["reference"].queryset = (ModelVersion.objects.filter(model=version.model,
+                                                                         status=ModelVersion.Status.READY)
+                                             .exclude(pk=version.pk).order_by("-number"))
+        self.fields["dataset"].offer_only_purpose()
+
+    def api_payload(self) -> dict:
+        data = self.cleaned_data
+        payload = {"dataset": data["dataset"].pk}
+        if data.get("reference"):
+            payload["reference"] = data["reference"].number
+        if data.get("limit"):
+            payload["limit"] = data["limit"]
+        return payload
+
+
+class BestCandidateChangeRequestForm(forms.Form):
+    alias = forms.CharField(max_length=64, initial="production",
+                            help_text="The alias of the student's model the candidate should serve as.")
+    justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), required=False,
+                                    max_length=20_000, help_text="Approvers read it; prefilled with the "
+                                                                 "distillation's figures.")
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
@@ -135,12 +172,17 @@ class ChangeRequestOpenForm(forms.Form):
                                     help_text="Why this version should serve there; approvers read it.")
     dataset = DatasetChoiceField(purpose=Dataset.Purpose.EVALUATION, required=False,
                                  help_text="Evaluation dataset of the gates' analysis; default: the newest one.")
+    eval_dataset = DatasetChoiceField(purpose=Dataset.Purpose.EVALUATION, required=False,
+                                      label="Labelled dataset",
+                                      help_text="Labelled evaluation dataset of the task gates (accuracy drop, "
+                                                "relative F1); default: the policy's.")
 
     def __init__(self, *args, version: ModelVersion, alias_names: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["alias"].widget.attrs["list"] = "alias-names"
         self.alias_names = sorted(set(alias_names) | {"production", "staging"})
         self.fields["dataset"].offer_only_purpose()
+        self.fields["eval_dataset"].offer_only_purpose()
         self.version = version
 
     def api_payload(self) -> dict:
@@ -149,6 +191,8 @@ class ChangeRequestOpenForm(forms.Form):
                    "justification": data["justification"]}
         if data.get("dataset"):
             payload["dataset"] = data["dataset"].pk
+        if data.get("eval_dataset"):
+            payload["eval_dataset"] = data["eval_dataset"].pk
         return payload
 
 

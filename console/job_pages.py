@@ -9,7 +9,7 @@ from foundation.errors import DomainError
 from foundation.roles import ML_ENGINEER, has_role
 from registry import selectors as registry_selectors
 from workers import services
-from workers.models import Job
+from workers.models import Distillation, Evaluation, Job
 
 
 def job_result_links(job) -> list[str]:
@@ -28,6 +28,16 @@ def job_result_links(job) -> list[str]:
         analysis_id = result.pop("analysis")
         links.append(format_html('<a href="{}">analysis {}</a>',
                                  reverse("admin:workers_analysis_change", args=[analysis_id]), analysis_id))
+    if "evaluation" in result:
+        evaluation_id = result.pop("evaluation")
+        links.append(format_html('<a href="{}">evaluation {}</a>',
+                                 reverse("admin:workers_evaluation_change", args=[evaluation_id]), evaluation_id))
+    if "distillation" in result:
+        distillation_id = result.pop("distillation")
+        result.pop("best", None)  # the distillation's page marks it
+        links.append(format_html('<a href="{}">distillation {}</a>',
+                                 reverse("admin:workers_distillation_change", args=[distillation_id]),
+                                 distillation_id))
     links.extend(format_html("{}: {}", key, value) for key, value in result.items())
     return links
 
@@ -71,6 +81,11 @@ class JobAdmin(RoleAccessMixin, admin.ModelAdmin):
         job = Job.objects.filter(pk=object_id).first()
         context = {"job": job, "can_cancel": bool(job and not job.is_finished and has_role(request.user, ML_ENGINEER)),
                    "result_version": _registered_version(job)}
+        result = (job.result or {}) if job else {}
+        if job and job.kind == Job.Kind.EVALUATION and "evaluation" not in result:
+            context["job_evaluation"] = Evaluation.objects.filter(job=job).first()  # still running: link it now
+        if job and job.kind == Job.Kind.DISTILLATION and "distillation" not in result:
+            context["job_distillation"] = Distillation.objects.filter(job=job).first()
         return super().change_view(request, object_id, form_url, {**context, **(extra_context or {})})
 
     def cancel_view(self, request, job_id):

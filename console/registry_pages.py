@@ -22,7 +22,7 @@ from registry.models import Dataset, ModelVersion, RegisteredModel, Team
 from reports import selectors as report_selectors
 from workers import selectors as job_selectors
 from workers import services as job_services
-from workers.models import Analysis
+from workers.models import Analysis, Evaluation
 from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 
 
@@ -162,6 +162,9 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
             path("<int:version_id>/analysis/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.start_analysis_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_analysis"),
+            path("<int:version_id>/evaluation/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.start_evaluation_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_evaluation"),
             path("<int:version_id>/lora/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.start_lora_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_lora"),
@@ -191,6 +194,8 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
             "aliases_here": version_display.version_aliases(version),
             "analyses": Analysis.objects.select_related("candidate__model", "reference__model", "dataset", "job")
                                         .filter(Q(candidate=version) | Q(reference=version)).order_by("-pk")[:20],
+            "evaluations": Evaluation.objects.select_related("candidate__model", "reference__model", "dataset", "job")
+                                             .filter(Q(candidate=version) | Q(reference=version)).order_by("-pk")[:20],
             "change_requests": governance_selectors.change_requests().filter(to_version=version).order_by("-pk"),
             **version_actions.version_forms(version),
             **(extra_context or {}),

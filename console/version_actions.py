@@ -1,4 +1,5 @@
-"""The version page's write actions that start work elsewhere: an analysis, a LoRA update, a change request.
+"""The version page's write actions that start work elsewhere: an analysis, a task evaluation, a LoRA update, a
+change request.
 
 Each posts to its own URL. A valid request goes through the API's serializer and the service the API view calls,
 then lands on the job (or change request) page; a refused one is shown again on a page of its own, the form
@@ -13,6 +14,7 @@ from django.urls import reverse
 from console.forms import (
     AnalysisStartForm,
     ChangeRequestOpenForm,
+    EvaluationStartForm,
     LoraUpdateForm,
     add_domain_error,
     add_serializer_errors,
@@ -25,16 +27,17 @@ from governance.api import ChangeRequestOpenSerializer
 from registry import selectors
 from registry.models import ModelVersion
 from workers import services as job_services
-from workers.api import AnalysisRequestSerializer, LoraRequestSerializer
+from workers.api import AnalysisRequestSerializer, EvaluationRequestSerializer, LoraRequestSerializer
 
 
 def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
-    """The three forms of a version page, unbound (or `only` one of them bound to `data`)."""
+    """The four forms of a version page, unbound (or `only` one of them bound to `data`)."""
     def bind(name):
         return data if only == name else None
 
     return {
         "analysis_form": AnalysisStartForm(bind("analysis"), version=version, prefix="analysis"),
+        "evaluation_form": EvaluationStartForm(bind("evaluation"), version=version, prefix="evaluation"),
         "lora_form": LoraUpdateForm(bind("lora"), version=version, prefix="lora",
                                     module_names=selectors.module_names_of(version)),
         "change_request_form": ChangeRequestOpenForm(
@@ -45,6 +48,7 @@ def version_forms(version: ModelVersion, *, data=None, only: str | None = None) 
 
 ACTIONS = {
     "analysis": {"title": "Start an analysis", "form": "analysis_form", "submit": "Start analysis"},
+    "evaluation": {"title": "Start a task evaluation", "form": "evaluation_form", "submit": "Start evaluation"},
     "lora": {"title": "Train a LoRA update", "form": "lora_form", "submit": "Start training"},
     "change_request": {"title": "Open a change request", "form": "change_request_form",
                        "submit": "Open change request"},
@@ -96,6 +100,31 @@ def start_analysis_view(admin_site, request, version_id):
     return _refused(request, admin_site, version, "analysis", form)
 
 
+def start_evaluation_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="evaluation")["evaluation_form"]
+    payload = form.api_payload() if form.is_valid() else None
+    data = payload and add_serializer_errors(form, EvaluationRequestSerializer, payload)
+    if data:
+        settings = dict(data)
+        reference_number = settings.pop("reference", None)
+        settings.pop("dataset")
+        try:
+            reference = selectors.get_version(version.model.name, reference_number) if reference_number else None
+            evaluation = job_services.request_evaluation(candidate=version, reference=reference,
+                                                         dataset=form.cleaned_data["dataset"],
+                                                         evaluation_settings=settings, actor=request.user)
+            against = f" against v{reference.number}" if reference else ""
+            messages.success(request, f"Evaluation {evaluation.pk} ({evaluation.task_type.replace('_', ' ')}) of "
+                                      f"v{version.number}{against} queued as job {evaluation.job_id}.")
+            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[evaluation.job_id]))
+        except DomainError as error:
+            add_domain_error(form, error)
+    return _refused(request, admin_site, version, "evaluation", form)
+
+
 def start_lora_view(admin_site, request, version_id):
     version, back = _version_or_back(request, version_id)
     if back:
@@ -127,7 +156,8 @@ def open_change_request_view(admin_site, request, version_id):
         try:
             change_request = governance_services.open_change_request(
                 model=version.model, alias=data["alias"], version_number=data["version"],
-                justification=data["justification"], dataset_id=data.get("dataset"), actor=request.user)
+                justification=data["justification"], dataset_id=data.get("dataset"),
+                eval_dataset_id=data.get("eval_dataset"), actor=request.user)
             messages.success(request, f"Change request #{change_request.pk} opened: {version.model.name}@"
                                       f"{change_request.alias} → v{version.number} ({change_request.status}).")
             return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[change_request.pk]))

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import io
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from workers.charts import DPI, WIDTH_IN
+from workers.charts import DPI, WIDTH_IN, _mpl  # matplotlib is loaded at the first chart, not at import
 
 # Beyond this many labels the cells are too small to read; the report's per-class table still lists every label.
 MAX_LABELS = 20
@@ -26,8 +23,8 @@ def confusion_matrices(labels: list[str], candidate: list[list[int]], reference:
     shown = labels[:MAX_LABELS]
     size = len(shown)
     height = min(6.0, 2.2 + 0.3 * size)
-    fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = _mpl().figure.Figure(figsize=(WIDTH_IN, height), dpi=DPI)
+    _mpl().backends.backend_agg.FigureCanvasAgg(fig)
     # Fixed margins in inches (as workers/charts.py): rotated label names below, the titles above.
     fig.subplots_adjust(left=0.16, right=0.98, bottom=1.15 / height, top=1 - 0.35 / height, wspace=0.45)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -58,8 +55,8 @@ def _short(label: str, width: int = 14) -> str:
 def f1_by_size(rows: list[dict], *, f1_relative_min: float | None = None) -> bytes:
     """A distillation's F1 relative to the teacher against the training subset size, one line per student (the
     data flywheel's figure), with the minimum the best candidate must reach."""
-    fig = Figure(figsize=(WIDTH_IN, 3.2), dpi=DPI)
-    FigureCanvasAgg(fig)
+    fig = _mpl().figure.Figure(figsize=(WIDTH_IN, 3.2), dpi=DPI)
+    _mpl().backends.backend_agg.FigureCanvasAgg(fig)
     fig.subplots_adjust(left=0.8 / WIDTH_IN, right=1 - 0.25 / WIDTH_IN, bottom=0.55 / 3.2, top=1 - 0.4 / 3.2)
     ax = fig.add_subplot()
     students: dict[str, list[tuple[int, float]]] = {}
