@@ -1,7 +1,7 @@
 """Job endpoints: start work on a version, follow it, cancel it; analyses and their charts; task evaluations."""
 from django.http import HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,7 @@ from registry.api import DatasetSerializer
 from workers import services
 from workers.models import Job
 from workers.pipelines import pii
+from workers.pipelines.calibrated.spec import CALIBRATED_METHODS
 from workers.pipelines.evaluation.spec import MAX_BATCH_SIZE, MAX_NEW_TOKENS
 from workers.pipelines.specs import COMPUTE_DTYPES, METHODS
 from workers.selectors import (
@@ -49,15 +50,48 @@ class QuantizeRequestSerializer(serializers.Serializer):
                                         max_length=1000)
 
 
+class CalibratedQuantizeRequestSerializer(serializers.Serializer):
+    method = serializers.ChoiceField(choices=CALIBRATED_METHODS)
+    bits = serializers.IntegerField(default=4, help_text="2, 3, 4 or 8 for gptq; 4 for awq.")
+    group_size = serializers.IntegerField(default=128, help_text="32, 64, 128, or -1 for one scale per channel.")
+    damping = serializers.FloatField(default=0.01, help_text="GPTQ's damp_percent: the fraction of the Hessian's "
+                                                             "mean diagonal added to it (unused by awq).")
+    sym = serializers.BooleanField(required=False, help_text="Symmetric grid (no zero point); default true for "
+                                                             "gptq, false for awq.")
+    desc_act = serializers.BooleanField(default=False, help_text="Act-order: quantize the columns with the "
+                                                                 "largest activations first.")
+    calibration_dataset = serializers.IntegerField(min_value=1, help_text="A dataset of purpose calibration.")
+    calibration_samples = serializers.IntegerField(required=False, help_text="Default: all records, at most 128.")
+    max_length = serializers.IntegerField(default=512, help_text="Tokens per calibration sample.")
+    modules = serializers.CharField(required=False, max_length=1000,
+                                    help_text="Regular expression: only Linear layers whose name it matches.")
+    skip_modules = serializers.JSONField(required=False, help_text="A regular expression or a list of them; "
+                                         "default: embeddings, norms and lm_head.")
+    keep_sensitive = serializers.JSONField(required=False, help_text="{analysis: <id>, top_n: N}: keep the N "
+                                           "layers that analysis found most sensitive in full precision.")
+
+
 class QuantizeView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(request=QuantizeRequestSerializer, responses={202: JobSerializer})
+    @extend_schema(request=PolymorphicProxySerializer(
+        component_name="QuantizeJobRequest", resource_type_field_name=None,
+        serializers=[QuantizeRequestSerializer, CalibratedQuantizeRequestSerializer]),
+        responses={202: JobSerializer})
     def post(self, request, name, number):
-        payload = QuantizeRequestSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        job = services.start_quantization(version=selectors.get_version(name, number), actor=request.user,
-                                          **payload.validated_data)
+        if isinstance(request.data, dict) and request.data.get("method") in CALIBRATED_METHODS:
+            payload = CalibratedQuantizeRequestSerializer(data=request.data)
+            payload.is_valid(raise_exception=True)
+            settings = dict(payload.validated_data)
+            version = selectors.get_version(name, number)
+            dataset = selectors.get_dataset(settings.pop("calibration_dataset"))
+            job = services.start_calibrated_quantization(version=version, calibration_dataset=dataset,
+                                                         settings=settings, actor=request.user)
+        else:
+            payload = QuantizeRequestSerializer(data=request.data)
+            payload.is_valid(raise_exception=True)
+            job = services.start_quantization(version=selectors.get_version(name, number), actor=request.user,
+                                              **payload.validated_data)
         return Response({"job": job.pk, **JobSerializer(job).data}, status=status.HTTP_202_ACCEPTED)
 
 

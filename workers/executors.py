@@ -13,6 +13,8 @@ from registry import services as registry_services
 from registry.models import Dataset, LineageEdge, ModelVersion
 from workers import charts, services, signals
 from workers.models import Job
+from workers.pipelines.calibrated.run import quantize_calibrated_version
+from workers.pipelines.calibrated.spec import CALIBRATED_METHODS, CalibratedQuantizeSpec
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
 
 
@@ -25,6 +27,8 @@ def download_version(version: ModelVersion, destination: Path) -> Path:
 
 
 def execute_quantize(*, job, workdir: Path, report) -> dict:
+    if job.params["method"] in CALIBRATED_METHODS:
+        return execute_calibrated_quantize(job=job, workdir=workdir, report=report)
     source = job.source_version
     report(2, f"Downloading {source}")
     source_dir = download_version(source, workdir / "source")
@@ -38,6 +42,48 @@ def execute_quantize(*, job, workdir: Path, report) -> dict:
         parent=source, job=job, local_dir=output_dir, kind=ModelVersion.Kind.QUANTIZED,
         relation=LineageEdge.Relation.QUANTIZED_FROM, metadata=metadata,
         description=f"{spec.method} quantization of v{source.number}", actor=job.created_by,
+    )
+    return {"model": version.model.name, "version": version.number}
+
+
+def calibration_texts(records: list[dict]) -> list[str]:
+    """The text of each calibration record: `text`, or a training-style prompt and completion joined."""
+    return [record["text"] if "text" in record else f"{record.get('prompt', '')} {record.get('completion', '')}"
+            for record in records]
+
+
+def execute_calibrated_quantize(*, job, workdir: Path, report) -> dict:
+    """GPTQ or AWQ on the job's calibration dataset; registers the version with parents quantized_from and
+    calibrated_on, and the settings, calibration data and per-module loss as its quantization metadata."""
+    source = job.source_version
+    params = dict(job.params)
+    dataset = Dataset.objects.get(pk=params.pop("calibration_dataset"))
+    keep_sensitive = params.pop("keep_sensitive", None)
+    spec = CalibratedQuantizeSpec(**{**params, "skip_modules": tuple(params["skip_modules"]),
+                                     "keep": tuple(params["keep"])})
+    report(2, f"Downloading {source} and calibration dataset {dataset.name}")
+    source_dir = download_version(source, workdir / "source")
+    texts = calibration_texts(read_dataset(dataset))
+    output_dir = workdir / "output"
+    metadata = quantize_calibrated_version(source_dir, output_dir, spec, texts,
+                                     report=lambda percent, message: report(5 + int(percent * 0.8), message))
+    metadata["calibration"].update({"dataset": dataset.pk, "name": dataset.name, "sha256": dataset.sha256,
+                                    "records": dataset.records})
+    metadata["calibration_dataset"] = {"id": dataset.pk, "sha256": dataset.sha256}
+    if keep_sensitive:
+        kept = {item["name"] for item in metadata["kept_modules"] if item["reason"] == "keep_sensitive"}
+        rule = (f"among the {keep_sensitive['top_n']} layers with the largest relative error"
+                if keep_sensitive.get("top_n") is not None
+                else f"relative error above {keep_sensitive['max_relative_error']}")
+        metadata["keep_sensitive"] = {**keep_sensitive, "kept": sorted(kept),
+                                      "reason": f"{rule} in analysis {keep_sensitive['analysis']}"}
+    report(88, "Uploading and registering the quantized version")
+    version = registry_services.register_derived_version(
+        parent=source, job=job, local_dir=output_dir, kind=ModelVersion.Kind.QUANTIZED,
+        relation=LineageEdge.Relation.QUANTIZED_FROM, metadata=metadata,
+        datasets=[(dataset, LineageEdge.Relation.CALIBRATED_ON)],
+        description=f"{spec.method.upper()} {spec.bits}-bit (group {spec.group_size}) of v{source.number} calibrated on "
+                    f"{dataset.name}", actor=job.created_by,
     )
     return {"model": version.model.name, "version": version.number}
 

@@ -4,6 +4,7 @@ conditional UPDATEs, so a job redelivered after a worker died is picked up exact
 finished job is never run again."""
 import dataclasses
 import json
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from registry.teams import require_team_member
 from workers import signals
 from workers.models import Analysis, Distillation, Evaluation, Job
 from workers.pipelines import pii
+from workers.pipelines.calibrated import spec as calibrated_spec
 from workers.pipelines.errors import PipelineInputError
 from workers.pipelines.evaluation import EvaluationSpec, detect_task_type, validate_evaluation_spec
 from workers.pipelines.evaluation import distillation as distillation_pipeline
@@ -157,9 +159,7 @@ def cancel_job(*, job: Job, actor) -> Job:
     return job
 
 
-def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
-                       skip_modules: list[str], actor) -> Job:
-    """Check a quantization request against the source version and queue it."""
+def _require_quantizable(*, version, actor) -> None:
     require_team_member(actor=actor, model=version.model)
     if not version.is_sealed:
         raise Conflict(f"{version} is a draft; seal it before quantizing.")
@@ -168,6 +168,12 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
     if version.quantization:
         raise Unprocessable(f"{version} is already quantized ({version.quantization.get('method')}); "
                             "quantize the full-precision version it came from.")
+
+
+def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
+                       skip_modules: list[str], actor) -> Job:
+    """Check a quantization request against the source version and queue it."""
+    _require_quantizable(version=version, actor=actor)
     try:
         validate_quantize_spec(QuantizeSpec(method=method, compute_dtype=compute_dtype, double_quant=double_quant,
                                             skip_modules=skip_modules))
@@ -182,6 +188,101 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
                            field="skip_modules")
     params = {"method": method, "compute_dtype": compute_dtype, "double_quant": double_quant,
               "skip_modules": skip_modules}
+    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+
+
+def _matrix_module_names(version) -> list[str]:
+    """Modules of a sealed version with a 2-D weight other than the embeddings (its Linear layers, as far as the
+    tensor headers recorded at seal time tell), in checkpoint order."""
+    names = []
+    for tensors in version.files.exclude(tensors=None).order_by("path").values_list("tensors", flat=True):
+        for tensor_name, header in tensors.items():
+            if tensor_name.endswith(".weight") and len(header.get("shape", ())) == 2:
+                module = tensor_name[: -len(".weight")]
+                if not re.search(r"(^|\.)(embed_tokens|embed_positions|wte|wpe)$", module):
+                    names.append(module)
+    return names
+
+
+def _sensitive_modules(*, version, keep_sensitive) -> dict:
+    """{analysis, top_n | max_relative_error, modules: [{name, relative_error}]}: the layers an earlier analysis of
+    this model found most sensitive (largest local relative error: the top_n, or every one above
+    max_relative_error), which the quantization keeps in full precision."""
+    if not isinstance(keep_sensitive, dict) or "analysis" not in keep_sensitive \
+            or len(set(keep_sensitive) & {"top_n", "max_relative_error"}) != 1 or len(keep_sensitive) != 2:
+        raise InvalidInput("keep_sensitive must be {analysis: <id>, top_n: <n>} or {analysis: <id>, "
+                           "max_relative_error: <x>}.", field="keep_sensitive")
+    analysis_id = keep_sensitive["analysis"]
+    top_n, threshold = keep_sensitive.get("top_n"), keep_sensitive.get("max_relative_error")
+    if "top_n" in keep_sensitive and (isinstance(top_n, bool) or not isinstance(top_n, int)
+                                      or not 1 <= top_n <= calibrated_spec.MAX_KEEP_SENSITIVE):
+        raise InvalidInput(f"keep_sensitive.top_n must be a whole number from 1 to "
+                           f"{calibrated_spec.MAX_KEEP_SENSITIVE}; got {top_n!r}.", field="keep_sensitive")
+    if "max_relative_error" in keep_sensitive and (isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not 0 <= threshold < float("inf")):
+        raise InvalidInput(f"keep_sensitive.max_relative_error must be a number of 0 or more, such as 0.05; got "
+                           f"{threshold!r}.", field="keep_sensitive")
+    analysis = (Analysis.objects.select_related("candidate__model").filter(pk=analysis_id).first()
+                if isinstance(analysis_id, int) and not isinstance(analysis_id, bool) else None)
+    if analysis is None:
+        raise InvalidInput(f"keep_sensitive.analysis {analysis_id!r} is no analysis id.", field="keep_sensitive")
+    if analysis.candidate.model_id != version.model_id:
+        raise InvalidInput(f"Analysis {analysis.pk} is of model {analysis.candidate.model.name}, not "
+                           f"{version.model.name}; name an analysis of this model.", field="keep_sensitive")
+    layers = [layer for layer in (analysis.result or {}).get("layers") or []
+              if layer.get("relative_error") is not None]
+    if not layers:
+        raise Unprocessable(f"Analysis {analysis.pk} has no per-layer errors (it has not finished, or ran without "
+                            "its per-layer phase); name a finished analysis.", field="keep_sensitive")
+    ranked = sorted(layers, key=lambda layer: layer["relative_error"], reverse=True)
+    chosen = ranked[:top_n] if top_n is not None else [layer for layer in ranked
+                                                        if layer["relative_error"] > threshold]
+    selection = {"top_n": top_n} if top_n is not None else {"max_relative_error": threshold}
+    return {"analysis": analysis.pk, **selection,
+            "modules": [{"name": layer["name"], "relative_error": layer["relative_error"]} for layer in chosen]}
+
+
+def start_calibrated_quantization(*, version, calibration_dataset, settings: dict, actor) -> Job:
+    """Check a GPTQ or AWQ request (settings, calibration dataset, module patterns, sensitive layers) against the source
+    version and queue it; every refusal happens here, before a job exists."""
+    _require_quantizable(version=version, actor=actor)
+    settings = {key: value for key, value in settings.items() if value is not None}
+    settings.setdefault("sym", settings.get("method") != "awq")  # AWQ's grids have a zero point by default
+    keep_sensitive = settings.pop("keep_sensitive", None)
+    skip_modules = settings.get("skip_modules")
+    if not (skip_modules is None or isinstance(skip_modules, str) or (
+            isinstance(skip_modules, list) and all(isinstance(pattern, str) for pattern in skip_modules))):
+        raise InvalidInput("skip_modules must be a regular expression or a list of them, such as ['lm_head', "
+                           "'down_proj'].", field="skip_modules")
+    settings["skip_modules"] = calibrated_spec.skip_patterns(skip_modules)
+    sensitive = _sensitive_modules(version=version, keep_sensitive=keep_sensitive) if keep_sensitive else None
+    if sensitive:
+        settings["keep"] = tuple(item["name"] for item in sensitive["modules"])
+    try:
+        spec = calibrated_spec.CalibratedQuantizeSpec(**settings)
+        calibrated_spec.validate_calibrated_spec(spec)
+        calibrated_spec.plan_modules(_matrix_module_names(version), spec)
+    except PipelineInputError as error:
+        raise InvalidInput(str(error), field=getattr(error, "field", None)) from None
+    if calibration_dataset.purpose != Dataset.Purpose.CALIBRATION:
+        raise InvalidInput(f"Dataset {calibration_dataset.pk} ({calibration_dataset.name}) is for "
+                           f"{calibration_dataset.purpose}; {settings['method']} needs a calibration dataset.",
+                           field="calibration_dataset")
+    try:
+        require_free_of_pii(calibration_dataset, use="calibration")
+    except (Conflict, Unprocessable) as error:
+        error.field = "calibration_dataset"
+        raise
+    if calibration_dataset.records < calibrated_spec.MIN_CALIBRATION_RECORDS:
+        raise Unprocessable(f"Dataset {calibration_dataset.pk} ({calibration_dataset.name}) has "
+                            f"{calibration_dataset.records} records; calibration needs at least "
+                            f"{calibrated_spec.MIN_CALIBRATION_RECORDS}.", field="calibration_dataset")
+    if spec.calibration_samples is not None and spec.calibration_samples > calibration_dataset.records:
+        raise Unprocessable(f"calibration_samples is {spec.calibration_samples} but dataset "
+                            f"{calibration_dataset.pk} has only {calibration_dataset.records} records.",
+                            field="calibration_samples")
+    params = {**dataclasses.asdict(spec), "skip_modules": list(spec.skip_modules), "keep": list(spec.keep),
+              "calibration_dataset": calibration_dataset.pk, "keep_sensitive": sensitive}
     return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
 
 
