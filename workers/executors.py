@@ -15,6 +15,7 @@ from workers import charts, services, signals
 from workers.models import Job
 from workers.pipelines.calibrated.run import quantize_calibrated_version
 from workers.pipelines.calibrated.spec import CALIBRATED_METHODS, CalibratedQuantizeSpec
+from workers.pipelines.memory import memory_figures
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
 
 
@@ -43,7 +44,7 @@ def execute_quantize(*, job, workdir: Path, report) -> dict:
         relation=LineageEdge.Relation.QUANTIZED_FROM, metadata=metadata,
         description=f"{spec.method} quantization of v{source.number}", actor=job.created_by,
     )
-    return {"model": version.model.name, "version": version.number}
+    return {"model": version.model.name, "version": version.number, **memory_figures(metadata)}
 
 
 def calibration_texts(records: list[dict]) -> list[str]:
@@ -82,10 +83,10 @@ def execute_calibrated_quantize(*, job, workdir: Path, report) -> dict:
         parent=source, job=job, local_dir=output_dir, kind=ModelVersion.Kind.QUANTIZED,
         relation=LineageEdge.Relation.QUANTIZED_FROM, metadata=metadata,
         datasets=[(dataset, LineageEdge.Relation.CALIBRATED_ON)],
-        description=f"{spec.method.upper()} {spec.bits}-bit (group {spec.group_size}) of v{source.number} calibrated on "
-                    f"{dataset.name}", actor=job.created_by,
+        description=f"{spec.method.upper()} {spec.bits}-bit (group {spec.group_size}) of v{source.number} "
+                    f"calibrated on {dataset.name}", actor=job.created_by,
     )
-    return {"model": version.model.name, "version": version.number}
+    return {"model": version.model.name, "version": version.number, **memory_figures(metadata)}
 
 
 def adapter_base(version: ModelVersion) -> ModelVersion:
@@ -145,7 +146,7 @@ def execute_analysis(*, job, workdir: Path, report) -> dict:
     report(92, "Drawing and storing the charts")
     plots = _store_analysis_charts(analysis, result)
     services.record_analysis_result(analysis_id=analysis.pk, result=result, plots=plots)
-    return {"analysis": analysis.pk}
+    return {"analysis": analysis.pk, **memory_figures(result)}
 
 
 def execute_evaluation(*, job, workdir: Path, report) -> dict:
@@ -308,7 +309,7 @@ def execute_lora(*, job, workdir: Path, report) -> dict:
     )
     # Listeners (governance compares a new adapter with production) run now, in the job: their failure fails it.
     signals.version_registered.send(sender=Job, version_id=version.pk, job_id=job.pk)
-    return {"model": version.model.name, "version": version.number}
+    return {"model": version.model.name, "version": version.number, **memory_figures(metadata)}
 
 
 def execute_pii_scan(*, job, workdir: Path, report) -> dict:

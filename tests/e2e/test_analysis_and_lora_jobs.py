@@ -32,7 +32,7 @@ def test_analysis_of_a_quantized_version_and_of_a_version_against_itself(worker,
     assert started.status_code == 202, started.content
     job = wait_for_job(api, started.json()["job"])
     assert job["status"] == "succeeded", job["error"]
-    assert job["result"] == {"analysis": started.json()["analysis"]}
+    assert job["result"]["analysis"] == started.json()["analysis"] and job["result"]["peak_rss_bytes"] > 0
     analysis = api.get(f"/api/v1/analyses/{started.json()['analysis']}").json()
     assert analysis["reference"] == {"model": model, "version": 1}  # defaults to the parent
     assert analysis["tokens"] > 0 and analysis["kl"]["mean"] > 0 and analysis["ppl_ratio"] > 0

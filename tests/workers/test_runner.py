@@ -26,7 +26,8 @@ def test_retry_after_a_crash_between_registering_and_finishing_registers_once(qu
     executors.execute_quantize(job=Job.objects.get(pk=quantize_job.pk), workdir=tmp_path, report=lambda p, m: None)
     runner.run_job(quantize_job.pk)  # the redelivered message
     job = Job.objects.get(pk=quantize_job.pk)
-    assert job.status == "succeeded" and job.result == {"model": "credit-llm", "version": 2}
+    assert job.status == "succeeded" and (job.result["model"], job.result["version"]) == ("credit-llm", 2)
+    assert job.result["peak_rss_bytes"] > 0  # the worker's memory high-water mark during the job
     assert ModelVersion.objects.filter(kind="quantized").count() == 1
     runner.run_job(quantize_job.pk)  # a duplicate delivery of a finished job does nothing
     assert ModelVersion.objects.filter(kind="quantized").count() == 1
