@@ -65,11 +65,12 @@ def worker_cpu_per_rollback(ops: requests.Session, url: str, model: str) -> floa
     from reports.models import Report
 
     def rollback_reports() -> int:
-        return Report.objects.filter(model__name=model, kind="rollback").count()
+        # Signed and stored: a report row exists (as a draft) before its PDF is rendered.
+        return Report.objects.filter(model__name=model, kind="rollback", status="final").count()
 
     deadline = time.time() + 300
-    while time.time() < deadline and rollback_reports() == 0 and Report.objects.filter(
-            model__name=model).count() < 2:  # the deployments' reports, so they are not counted below
+    while time.time() < deadline and Report.objects.filter(model__name=model, status="final").count() < 2:
+        # the deployments' reports, so their rendering is not counted below
         time.sleep(0.5)
     time.sleep(2)
     before = worker_cpu_seconds()
