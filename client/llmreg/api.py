@@ -39,9 +39,14 @@ def _error_from(response: requests.Response) -> RegistryError:
 class Registry:
     def __init__(self, base_url: str, token: str | None):
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Token {token}"
+
+    def clone(self) -> "Registry":
+        """The same registry with a session of its own (a requests.Session is not shared between threads)."""
+        return Registry(self.base_url, self.token)
 
     def _url(self, path: str) -> str:
         return path if path.startswith("http") else f"{self.base_url}/api/v1/{path.lstrip('/')}"
@@ -72,12 +77,15 @@ class Registry:
     def model_exists(self, model: str) -> bool:
         return self.request("GET", f"models/{quote(model)}/", expected=(200, 404)).status_code == 200
 
-    def upload_file(self, model: str, number: int, relative_path: str, local_path: Path) -> dict:
-        """PUT one file, streamed from disk, with its SHA-256 for the server to check."""
+    def upload_file(self, model: str, number: int, relative_path: str, local_path: Path,
+                    on_bytes=None) -> dict:
+        """PUT one file, streamed from disk, with its SHA-256 for the server to check; `on_bytes(n)` is told as
+        each chunk leaves."""
         sha256 = file_sha256(local_path)
         with open(local_path, "rb") as handle:
             body = self.request(
-                "PUT", f"models/{quote(model)}/versions/{number}/files/{quote(relative_path)}", data=handle,
+                "PUT", f"models/{quote(model)}/versions/{number}/files/{quote(relative_path)}",
+                data=_CountingReader(handle, local_path.stat().st_size, on_bytes),
                 headers={"X-Content-SHA256": sha256, "Content-Type": "application/octet-stream"},
                 expected=(200, 201),
             ).json()
@@ -109,3 +117,19 @@ class Registry:
             raise RegistryError(f"{item['path']}: downloaded bytes have SHA-256 {digest.hexdigest()} but the "
                                 f"registry recorded {item['sha256']}; the download is corrupt, try again.")
         partial.replace(destination)
+
+
+class _CountingReader:
+    """A file streamed as a request body (its length known, so it goes with Content-Length) that reports progress."""
+
+    def __init__(self, handle, size: int, on_bytes):
+        self.handle, self.size, self.on_bytes = handle, size, on_bytes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, amount: int = -1) -> bytes:
+        chunk = self.handle.read(amount if amount and amount > 0 else CHUNK_BYTES)
+        if chunk and self.on_bytes:
+            self.on_bytes(len(chunk))
+        return chunk

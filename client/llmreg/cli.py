@@ -6,11 +6,13 @@ registry refuses a request or a followed job does not succeed, 2 for bad command
 import argparse
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import quote
 
-from llmreg.api import Registry, RegistryError
+from llmreg.api import Registry, RegistryError, file_sha256
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -24,19 +26,86 @@ def push(registry: Registry, args) -> int:
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     if not files:
         raise RegistryError(f"{directory} holds no files to push.")
-    if not registry.model_exists(args.model):
-        body = {"name": args.model, "description": args.description or ""}
-        if args.team:
-            body["team"] = args.team
-        registry.post("models/", body)
-    number = registry.post(f"models/{quote(args.model)}/versions/", {"description": args.description or ""})["number"]
+    stored: dict[str, dict] = {}
+    if args.version:  # resume a push that was cut short: its draft keeps what already arrived
+        number = args.version
+        detail = registry.get(f"{_version_path(args.model, number)}/")
+        if detail["status"] != "draft":
+            raise RegistryError(f"{args.model} v{number} is {detail['status']}; only a draft takes more files.")
+        stored = {item["path"]: item for item in detail["files"]}
+    else:
+        if not registry.model_exists(args.model):
+            body = {"name": args.model, "description": args.description or ""}
+            if args.team:
+                body["team"] = args.team
+            registry.post("models/", body)
+        number = registry.post(f"models/{quote(args.model)}/versions/",
+                               {"description": args.description or ""})["number"]
+    progress = PushProgress(files)
+    print(f"pushing {len(files)} files ({_megabytes(progress.total_bytes)}) to {args.model} v{number}; if it is cut "
+          f"short, resume with: llmreg push {directory} --model {args.model} --version {number}", file=sys.stderr)
+    pending = []
     for path in files:
         relative = path.relative_to(directory).as_posix()
-        uploaded = registry.upload_file(args.model, number, relative, path)
-        print(f"uploaded {relative} ({uploaded['size']} bytes)", file=sys.stderr)
+        known = stored.get(relative)
+        if known and known["size"] == path.stat().st_size and known["sha256"] == file_sha256(path):
+            progress.file_done(relative, path.stat().st_size, skipped=True)
+        else:
+            pending.append((relative, path))
+    sessions = threading.local()
+
+    def upload(relative: str, path: Path) -> None:
+        if not hasattr(sessions, "registry"):
+            sessions.registry = registry.clone()
+        sessions.registry.upload_file(args.model, number, relative, path, on_bytes=progress.sent)
+        progress.file_done(relative, path.stat().st_size)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        futures = [pool.submit(upload, relative, path) for relative, path in pending]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except RegistryError as error:
+            for future in futures:
+                future.cancel()
+            raise RegistryError(f"{error}. The files that arrived stay in the draft: resume with "
+                                f"`llmreg push {directory} --model {args.model} --version {number}`.") from None
     registry.post(f"{_version_path(args.model, number)}/seal")
     print(number)
     return 0
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+class PushProgress:
+    """Progress of a push on stderr: each file as it completes, and the overall bytes every few percent."""
+
+    def __init__(self, files: list[Path]):
+        self.total_files = len(files)
+        self.total_bytes = sum(p.stat().st_size for p in files) or 1
+        self.files_done = self.bytes_done = 0
+        self._last_percent = -1
+        self._lock = threading.Lock()
+
+    def sent(self, count: int) -> None:
+        with self._lock:
+            self.bytes_done += count
+            percent = int(100 * self.bytes_done / self.total_bytes)
+            finished = self.bytes_done >= self.total_bytes and percent != self._last_percent
+            if percent >= self._last_percent + 5 or finished:
+                self._last_percent = percent
+                print(f"  {percent:3d}% {_megabytes(self.bytes_done)} of {_megabytes(self.total_bytes)}",
+                      file=sys.stderr)
+
+    def file_done(self, relative: str, size: int, *, skipped: bool = False) -> None:
+        with self._lock:
+            self.files_done += 1
+            if skipped:
+                self.bytes_done += size
+            what = "skipped (already uploaded with the same SHA-256)" if skipped else "uploaded"
+            print(f"[{self.files_done}/{self.total_files}] {what} {relative} ({size} bytes)", file=sys.stderr)
 
 
 def resolve_version(registry: Registry, model: str, version_or_alias: str) -> int:
@@ -139,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--model", required=True)
     command.add_argument("--description")
     command.add_argument("--team")
+    command.add_argument("--version", type=int, help="resume: add the missing files to this draft, then seal it")
+    command.add_argument("--parallel", type=int, default=4, help="files uploaded at once (default 4)")
     command.set_defaults(handler=push)
 
     command = commands.add_parser("pull", help="download a version (number or alias) into a directory")

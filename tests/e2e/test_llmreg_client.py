@@ -58,6 +58,29 @@ def test_push_then_pull_by_version_returns_the_same_bytes(llmreg, unique, sharde
     assert again.returncode == 0 and again.stdout.strip() == "2"
 
 
+def test_a_cut_short_push_resumes_into_its_draft_skipping_what_arrived(llmreg, e2e_users, unique, sharded_model_dir,
+                                                                       tmp_path):
+    model = f"resume-{unique}"
+    api = client_for(e2e_users["engineer"])
+    assert api.post("/api/v1/models/", {"name": model}, format="json").status_code == 201
+    assert api.post(f"/api/v1/models/{model}/versions/", {}, format="json").json()["number"] == 1
+    shard = sorted(sharded_model_dir.glob("*.safetensors"))[0]
+    assert api.put(f"/api/v1/models/{model}/versions/1/files/{shard.name}", data=shard.read_bytes(),
+                   content_type="application/octet-stream").status_code == 201  # what arrived before the cut
+
+    resumed = llmreg("push", sharded_model_dir, "--model", model, "--version", 1, "--parallel", 3)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip() == "1"
+    assert f"skipped (already uploaded with the same SHA-256) {shard.name}" in resumed.stderr
+    assert "100%" in resumed.stderr
+    pulled = llmreg("pull", model, "1", tmp_path / "pulled")
+    assert pulled.returncode == 0, pulled.stderr
+    assert _files(tmp_path / "pulled") == _files(sharded_model_dir)
+
+    sealed = llmreg("push", sharded_model_dir, "--model", model, "--version", 1)
+    assert sealed.returncode == 1 and "only a draft takes more files" in sealed.stderr
+
+
 def test_pull_of_an_unknown_alias_exits_non_zero_with_the_servers_detail(llmreg, unique, sharded_model_dir,
                                                                          tmp_path):
     model = f"client-{unique}"
