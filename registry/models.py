@@ -54,6 +54,7 @@ class ModelVersion(models.Model):
         UPLOAD = "upload"
         QUANTIZED = "quantized"
         LORA = "lora"
+        MERGED = "merged"
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="versions")
     number = models.PositiveIntegerField()
@@ -175,6 +176,7 @@ class LineageEdge(models.Model):
         ADAPTED_FROM = "adapted_from"
         TRAINED_ON = "trained_on"
         CALIBRATED_ON = "calibrated_on"
+        MERGED_FROM = "merged_from"
 
     child = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="parent_edges")
     parent_version = models.ForeignKey(

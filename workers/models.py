@@ -13,6 +13,8 @@ class Job(models.Model):
         PII_SCAN = "pii_scan"
         EVALUATION = "evaluation"
         DISTILLATION = "distillation"
+        QUANTIZATION_SWEEP = "quantization_sweep"
+        MERGE = "merge"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -23,7 +25,7 @@ class Job(models.Model):
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
-    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0)
     message = models.CharField(max_length=500, blank=True)
