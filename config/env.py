@@ -101,7 +101,7 @@ def database_from_url(url: str) -> dict:
     if parsed.scheme not in ("postgres", "postgresql"):
         raise ImproperlyConfigured(f"DATABASE_URL must be a postgresql:// URL, not {parsed.scheme}://")
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "foundation.postgresql",  # Django's, with a health check that costs no round trip
         "NAME": unquote(parsed.path.lstrip("/")),
         "USER": unquote(parsed.username or ""),
         "PASSWORD": unquote(parsed.password or ""),

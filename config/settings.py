@@ -180,7 +180,7 @@ WORK_DIR = Path(env_str("WORK_DIR", str(BASE_DIR / ".var" / "work")))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate header makes anonymous requests 401 rather than 403.
-        "foundation.authentication.TokenWithRolesAuthentication",
+        "registry.authentication.TokenWithRolesAndTeamsAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

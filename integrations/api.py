@@ -13,7 +13,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from foundation.authentication import TokenWithRolesAuthentication
+from registry.authentication import TokenWithRolesAndTeamsAuthentication
 from foundation.errors import NotFound
 from foundation.http import error_response
 from foundation.pagination import ARRAY_OF_OBJECTS, list_parameters, paginated_response
@@ -28,7 +28,7 @@ OpsWrites = role_permission(OPS, read_roles=(OPS,))
 ALIAS_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
-class BearerTokenAuthentication(TokenWithRolesAuthentication):
+class BearerTokenAuthentication(TokenWithRolesAndTeamsAuthentication):
     """`Authorization: Bearer <token>`: what Alertmanager's http_config.authorization sends; the same API tokens."""
 
     keyword = "Bearer"
@@ -42,7 +42,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "An API token, sent as `Bearer <token>`."}
 
 
-ALARM_AUTHENTICATION = [TokenWithRolesAuthentication, BearerTokenAuthentication, SessionAuthentication]
+ALARM_AUTHENTICATION = [TokenWithRolesAndTeamsAuthentication, BearerTokenAuthentication, SessionAuthentication]
 
 @extend_schema_field({"type": "string", "pattern": "^(firing|resolved)$"})
 class AlertStatusField(serializers.ChoiceField):

@@ -33,14 +33,24 @@ def team_for_new_model(*, actor, team_name: str | None) -> Team:
                            field="team")
     team, _ = Team.objects.get_or_create(name=personal_team_name(actor.username))
     team.members.add(actor)
+    if getattr(actor, "_registry_team_ids", None) is not None:
+        actor._registry_team_ids.add(team.pk)
     return team
+
+
+def is_team_member(*, actor, team_id: int) -> bool:
+    """Whether the actor is in that team: from the ids the API token brought along, else one query."""
+    team_ids = getattr(actor, "_registry_team_ids", None)
+    if team_ids is not None:
+        return team_id in team_ids
+    return Team.members.through.objects.filter(team_id=team_id, user_id=actor.pk).exists()
 
 
 def require_team_member(*, actor, model: RegisteredModel) -> None:
     """Raise PermissionDenied unless the actor is an ml_engineer in the model's team (or a superuser)."""
     if actor.is_superuser:
         return
-    if has_role(actor, ML_ENGINEER) and model.team.members.filter(pk=actor.pk).exists():
+    if has_role(actor, ML_ENGINEER) and is_team_member(actor=actor, team_id=model.team_id):
         return
     raise PermissionDenied(f"Model {model.name!r} belongs to team {model.team.name!r}; only ml_engineer members "
                            "of that team may change it or start work on it.", field="team")
