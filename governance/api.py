@@ -190,11 +190,19 @@ def alias_change_document(row: dict) -> dict:
             "at": row["created_at"]}
 
 
-def aliases_with_history(page: list[Alias]) -> list[dict]:
+# A list of aliases shows each one's latest changes; the whole history is paged at .../aliases/{alias}/history.
+# Without a bound, every read of an alias that moved a thousand times would carry a thousand changes.
+RECENT_ALIAS_CHANGES = 20
+
+
+def aliases_with_history(page: list[Alias], *, path: str) -> list[dict]:
     history = {alias.pk: [] for alias in page}
-    for row in governance_selectors.alias_change_rows(history):
+    totals = dict.fromkeys(history, 0)
+    for row in governance_selectors.latest_alias_change_rows(history, latest=RECENT_ALIAS_CHANGES):
         history[row["alias_id"]].append(alias_change_document(row))
-    return [alias_document(alias) | {"history": history[alias.pk]} for alias in page]
+        totals[row["alias_id"]] = row["total"]
+    return [alias_document(alias) | {"history": history[alias.pk], "history_total": totals[alias.pk],
+                                     "history_url": f"{path}{alias.name}/history"} for alias in page]
 
 
 class AliasListView(APIView):
@@ -202,8 +210,9 @@ class AliasListView(APIView):
 
     @extend_schema(responses=ARRAY_OF_OBJECTS, parameters=list_parameters(), operation_id="models_aliases_list")
     def get(self, request, name):
+        path = request.path if request.path.endswith("/") else request.path + "/"
         return paginated_response(request, governance_selectors.aliases_of(selectors.get_model(name)),
-                                  ordering=("name",), serialize=aliases_with_history)
+                                  ordering=("name",), serialize=lambda page: aliases_with_history(page, path=path))
 
 
 class AliasDetailView(APIView):

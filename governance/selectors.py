@@ -1,5 +1,6 @@
 """Reads of change requests and aliases that the API, the admin and the reports share."""
-from django.db.models import F, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, QuerySet, Window
+from django.db.models.functions import RowNumber
 
 from foundation.errors import NotFound
 from governance.models import Alias, AliasChange, ChangeRequest, Decision
@@ -58,6 +59,18 @@ def alias_change_rows(alias_ids) -> QuerySet:
     hundreds of changes as model instances costs more than the query."""
     return (AliasChange.objects.filter(alias_id__in=alias_ids).order_by("-pk")
             .values("pk", "alias_id", "kind", "change_request_id", "reason", "created_at",
+                    from_number=F("from_version__number"), to_number=F("to_version__number"),
+                    actor_name=F("actor__username")))
+
+
+def latest_alias_change_rows(alias_ids, *, latest: int) -> QuerySet:
+    """The `latest` changes of each of these aliases as plain rows, newest first, each with `total`: how many
+    changes its alias has in all (so a list of aliases stays the same size however often they moved)."""
+    return (AliasChange.objects.filter(alias_id__in=alias_ids)
+            .annotate(recency=Window(RowNumber(), partition_by=[F("alias_id")], order_by=F("pk").desc()),
+                      total=Window(Count("pk"), partition_by=[F("alias_id")]))
+            .filter(recency__lte=latest).order_by("-pk")
+            .values("pk", "alias_id", "kind", "change_request_id", "reason", "created_at", "total",
                     from_number=F("from_version__number"), to_number=F("to_version__number"),
                     actor_name=F("actor__username")))
 

@@ -80,3 +80,19 @@ def test_only_ops_roll_back_and_a_reason_is_required(deployed_three, ops_user, a
 def test_rollback_of_an_alias_never_deployed_is_a_conflict(versions, ops_user):
     response = _rollback(ops_user)
     assert response.status_code == 409 and "never been deployed" in response.json()["detail"]
+
+
+def test_alias_list_shows_the_latest_changes_and_links_the_whole_history(deployed_three, ops_user, engineer_api,
+                                                                          monkeypatch):
+    from governance import api as governance_api
+
+    monkeypatch.setattr(governance_api, "RECENT_ALIAS_CHANGES", 2)
+    _rollback(ops_user, to_version=1)
+    _rollback(ops_user, to_version=3)
+    alias = engineer_api.get("/api/v1/models/credit-llm/aliases/").json()[0]
+    # 3 deployments and 2 rollbacks: the list carries the newest 2 and says how many there are in all.
+    assert [(change["kind"], change["to_version"]) for change in alias["history"]] == [("rollback", 3),
+                                                                                       ("rollback", 1)]
+    assert alias["history_total"] == 5
+    history = engineer_api.get(alias["history_url"]).json()
+    assert [change["kind"] for change in history] == ["rollback", "rollback", "deploy", "deploy", "deploy"]
