@@ -134,3 +134,45 @@ def test_the_report_states_what_a_regulator_needs_about_the_gptq_run(gptq_reques
 def test_a_bitsandbytes_report_keeps_its_plain_settings_table(history):
     stated = facts.change_impact_facts(history["requests"]["update"], signature_fields=[])
     assert "calibrated" not in stated["change"] and ("method", "nf4") in stated["change"]["rows"]
+
+
+def test_a_real_gptq_run_of_the_tiny_model_reads_back_in_its_report(tiny_model_dir, tmp_path):
+    """The metadata the worker records (not a hand-made copy) is what the report reads: run the calibrated
+    quantization executor on the tiny model with keep_sensitive, open its first deployment, render."""
+    from tests.governance.conftest import register_version
+    from workers import services as worker_services
+    from workers.executors import execute_calibrated_quantize
+    from workers.pipelines.tiny_model import SAMPLE_TEXTS
+
+    engineer = make_user("kim", ML_ENGINEER)
+    model = registry_services.create_model(name="tiny-gptq", description="Tiny", actor=engineer)
+    v1, v2 = (register_version(model, tiny_model_dir, engineer) for _ in range(2))
+    calibration = factories.dataset(engineer, name="tiny-calibration", purpose="calibration",
+                                    records=[{"text": text} for text in SAMPLE_TEXTS[:8]])
+    evaluation = factories.dataset(engineer, name="tiny-eval", purpose="evaluation",
+                                   records=[{"text": text} for text in SAMPLE_TEXTS[8:12]])
+    layers = [{"name": "model.layers.1.mlp.down_proj", "relative_error": 0.4},
+              {"name": "model.layers.0.self_attn.q_proj", "relative_error": 0.02}]
+    earlier = factories.analysis(reference=v1, candidate=v2, dataset=evaluation, actor=engineer,
+                                 result={"layers": layers})
+    job = worker_services.start_calibrated_quantization(
+        version=v1, calibration_dataset=calibration, actor=engineer,
+        settings={"method": "gptq", "max_length": 32, "keep_sensitive": {"analysis": earlier.pk, "top_n": 1}})
+    number = execute_calibrated_quantize(job=job, workdir=tmp_path / "work", report=lambda percent, message: None)[
+        "version"]
+    recorded = ModelVersion.objects.get(model=model, number=number).quantization
+    request = governance.open_change_request(model=model, alias="staging", version_number=number,
+                                             justification="tiny GPTQ", actor=engineer)
+    q = facts.change_impact_facts(request, signature_fields=[])["change"]["calibrated"]
+    assert q["calibration"]["sha256"] == calibration.sha256 and q["calibration"]["tokens"] > 0
+    assert q["quantized_count"] == len(recorded["module_loss"]) == q["loss"]["total"]
+    assert q["keep_sensitive"]["rows"][0] == {
+        "name": "model.layers.1.mlp.down_proj", "rank": 1, "relative_error": 0.4, "relative_error_propagated": None,
+        "sqnr_db": None, "outcome": "kept in full precision"}
+    pdf = render.render_change_impact(facts.change_impact_facts(request, signature_fields=[])).pdf
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    text = pdf_text(pdf)
+    assert f"{q['quantized_count']} Linear layers quantized to 4 bits" in text
+    assert f"Tokens used {recorded['calibration']['tokens']:,} tokens" in text
+    assert "model.layers.1.mlp.down_proj keep_sensitive: among the 1 layers with the largest relative error" in text
+    assert "1 model.layers.1.mlp.down_proj 0.4" in text
