@@ -13,6 +13,7 @@ from governance.models import AliasChange, ChangeRequest
 from registry import selectors
 from registry.models import Dataset, LineageEdge, ModelVersion
 from reports import pki
+from reports.quantization_facts import calibrated_quantization_facts, is_calibrated
 from workers.models import Analysis, Evaluation
 
 # The order and wording of the distribution statistics in the KL and delta-p tables (API.md, analyses).
@@ -174,7 +175,11 @@ def lineage_facts(version: ModelVersion) -> dict:
 
 
 def change_facts(version: ModelVersion) -> dict:
-    """How the new version was made: quantization or LoRA settings as key/value rows, and the training curve."""
+    """How the new version was made: quantization or LoRA settings as key/value rows, and the training curve; a
+    calibrated quantization (GPTQ, AWQ) as its own structured account instead of rows."""
+    if version.kind == ModelVersion.Kind.QUANTIZED and is_calibrated(version.quantization):
+        return {"kind": "quantized", "title": "Quantization", "rows": [], "curve": None,
+                "calibrated": calibrated_quantization_facts(dict(version.quantization))}
     if version.kind == ModelVersion.Kind.QUANTIZED and version.quantization:
         quantization = dict(version.quantization)
         return {"kind": "quantized", "title": "Quantization", "rows": sorted(flatten(quantization)), "curve": None}

@@ -61,3 +61,23 @@ def verdict(passed):
 def label(key: str):
     """'kl_mean_max' -> 'kl mean max'."""
     return str(key).replace("_", " ")
+
+
+@register.filter
+def size_bytes(value):
+    """A size as '3,865,470,976 bytes (3.6 GiB)'; '—' when missing."""
+    if value is None or isinstance(value, bool):
+        return "—"
+    size = float(value)
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if size >= scale:
+            return f"{int(value):,} bytes ({size / scale:.3g} {unit})"
+    return f"{int(value):,} bytes"
+
+
+@register.filter
+def percent(value, digits: int = 3):
+    """A ratio as a percentage with `digits` significant digits: 0.2669 -> '26.7 %'."""
+    if value is None or isinstance(value, bool):
+        return "—"
+    return f"{float(value) * 100:.{int(digits)}g} %"

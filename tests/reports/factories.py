@@ -80,7 +80,7 @@ def sealed_upload(model, actor, *, seed: int, description: str = "") -> ModelVer
 
 
 def derived_version(parent: ModelVersion, actor, *, kind: str, metadata: dict, datasets=(), seed: int = 9,
-                    description: str = "") -> ModelVersion:
+                    description: str = "", dataset_relation: str = LineageEdge.Relation.TRAINED_ON) -> ModelVersion:
     """A version registered as a worker would: output files from a job, lineage edges, metadata."""
     job = Job.objects.create(kind="quantize" if kind == ModelVersion.Kind.QUANTIZED else "lora",
                              status=Job.Status.SUCCEEDED, progress=100, created_by=actor, source_version=parent)
@@ -96,7 +96,7 @@ def derived_version(parent: ModelVersion, actor, *, kind: str, metadata: dict, d
             (directory / "model.safetensors").write_bytes(weights_bytes(seed))
         return registry_services.register_derived_version(
             parent=parent, job=job, local_dir=directory, kind=kind, relation=relation, metadata=metadata,
-            datasets=[(dataset, LineageEdge.Relation.TRAINED_ON) for dataset in datasets],
+            datasets=[(dataset, dataset_relation) for dataset in datasets],
             description=description, actor=actor)
 
 
@@ -147,3 +147,48 @@ def lora_metadata(training_dataset) -> dict:
         "wall_seconds": 388.0,
     }
 
+
+
+def calibrated_metadata(calibration_dataset, *, method: str = "gptq", blocks: int = 8, keep_sensitive=None,
+                        seed: int = 5) -> dict:
+    """ModelVersion.quantization as workers.executors.execute_calibrated_quantize records it for a `blocks` x 7
+    module model: lm_head kept by the default skip list, keep_sensitive's layers ({analysis, top_n, modules})
+    kept too, every other module quantized with a loss."""
+    from workers.pipelines.calibrated.spec import DEFAULT_SKIP_MODULES
+
+    rng = random.Random(seed)
+    sensitive = [item["name"] for item in (keep_sensitive or {}).get("modules", [])]
+    names = [f"model.layers.{block}.{module}" for block in range(blocks) for module in MODULES]
+    planned = [name for name in names if name not in sensitive]
+    kept = {"lm_head": f"skip_modules {DEFAULT_SKIP_MODULES!r}", **{name: "keep_sensitive" for name in sensitive}}
+    gptq = method == "gptq"
+    settings = {"method": method, "bits": 4, "group_size": 128, "damping": 0.01, "sym": gptq, "desc_act": gptq,
+                "calibration_samples": None, "max_length": 512, "modules": None,
+                "skip_modules": [DEFAULT_SKIP_MODULES], "keep": sensitive}
+    metadata = {
+        "method": method, "format": "dequantized", "format_note": "Weights hold the grid values dequantized.",
+        **{key: settings[key] for key in ("bits", "group_size", "damping", "sym", "desc_act")},
+        "settings": settings,
+        "calibration": {"samples": 128, "tokens": 65_536, "max_length": 512, "dataset": calibration_dataset.pk,
+                        "name": calibration_dataset.name, "sha256": calibration_dataset.sha256,
+                        "records": calibration_dataset.records},
+        "calibration_dataset": {"id": calibration_dataset.pk, "sha256": calibration_dataset.sha256},
+        "library_versions": {"torch": "2.13.0", "transformers": "5.23.0",
+                             method: f"workers.pipelines.calibrated.{method}"},
+        "device": "cuda:0 (NVIDIA H100 80GB HBM3)", "dtype": "bfloat16",
+        "wall_seconds": 41.2, "peak_rss_bytes": 6_442_450_944, "peak_gpu_bytes": 17_179_869_184,
+        "size_before_bytes": 14_483_464_192, "size_after_bytes": 14_483_464_192,
+        "packed_size_bytes": 4_023_123_456, "size_ratio": 1.0, "packed_size_ratio": 0.2778,
+        "quantized_modules": planned, "skipped_modules": sorted(kept),
+        "kept_modules": [{"name": name, "reason": reason} for name, reason in sorted(kept.items())],
+        "module_loss": {name: round(0.001 + 0.05 * rng.random(), 8) for name in planned},
+        "loss_definition": "||WX - ŴX||² / ||WX||² over the calibration inputs of each layer",
+    }
+    if not gptq:
+        metadata["awq_alpha"] = {name: round(rng.random(), 2) for name in planned}
+    if keep_sensitive:
+        metadata["keep_sensitive"] = {
+            **keep_sensitive, "kept": sorted(sensitive),
+            "reason": f"among the {keep_sensitive['top_n']} layers with the largest relative error in analysis "
+                      f"{keep_sensitive['analysis']}"}
+    return metadata
