@@ -124,6 +124,20 @@ def deploy_two_versions(engineer: requests.Session, approvers: list[requests.Ses
             raise SystemExit(f"{model} v{number} was not deployed: {body['status']} {body.get('status_reason')}")
 
 
+def wait_for_rollback_reports(models: list[str], per_model: int, timeout_s: float = 900) -> None:
+    """Untimed: wait until the worker has signed every rollback report of this phase, so the next phase's requests
+    do not share the 2 cores with this phase's report rendering."""
+    from reports.models import Report
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if Report.objects.filter(model__name__in=models, kind="rollback", status="final").count() >= \
+                per_model * len(models):
+            return
+        time.sleep(1)
+    print(f"warning: rollback reports still pending after {timeout_s:.0f} s", file=sys.stderr)
+
+
 def measure(concurrency: int, tag: str, tokens: dict, files: list[Path], engineer_user: User,
             dataset: Dataset) -> dict:
     models = [f"api-{tag}-c{concurrency}-{i:02d}" for i in range(MODELS)]
@@ -161,6 +175,7 @@ def measure(concurrency: int, tag: str, tokens: dict, files: list[Path], enginee
         moved = list(pool.map(mover, range(concurrency)))
     rollbacks = [ms for r, _ in moved for ms in r]
     reads = [ms for _, r in moved for ms in r]
+    wait_for_rollback_reports(alias_models, per_thread)
     return {
         "create_ops_s": round(CREATES / create_s, 1),
         "create_p50_ms": percentile(creates, 0.5), "create_p99_ms": percentile(creates, 0.99),

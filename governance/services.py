@@ -459,11 +459,18 @@ def _move_alias(alias: Alias, *, to_version: ModelVersion, kind: str, actor, rea
     return change
 
 
-def _mark_others_stale(alias: Alias, *, exclude: int | None, actor) -> None:
-    """Pending requests for an alias that just moved were gated against the old version: re-gate them."""
-    others = (ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
-              .select_related("model", "to_version")
-              .filter(model=alias.model, alias=alias.name, status__in=ChangeRequest.OPEN).exclude(pk=exclude))
+def _open_requests_for_update(alias: Alias, *, exclude: int | None) -> list[ChangeRequest]:
+    """The alias's other open change requests, locked: they are re-gated once the alias has moved."""
+    return list(ChangeRequest.objects.select_for_update(of=("self",), no_key=True)
+                .select_related("model", "to_version")
+                .filter(model=alias.model, alias=alias.name, status__in=ChangeRequest.OPEN).exclude(pk=exclude))
+
+
+def _mark_others_stale(alias: Alias, *, exclude: int | None, actor, others: list[ChangeRequest] | None = None) -> None:
+    """Pending requests for an alias that just moved were gated against the old version: re-gate them.
+    `others`: those requests, read (and locked) by the caller before it took the audit chain's lock."""
+    if others is None:
+        others = _open_requests_for_update(alias, exclude=exclude)
     for request in others:
         before = _snapshot(request)
         request.status = ChangeRequest.Status.STALE
@@ -521,9 +528,12 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
                 stack.pop()
             if not stack:
                 stack = [target_number]
+        # Read before the move: the move's audit event takes the chain's lock, held until the commit, and
+        # nearly always there is no open request to re-gate, so nothing else runs while it is held.
+        others = _open_requests_for_update(alias_row, exclude=None)
         change = _move_alias(alias_row, to_version=target, kind=AliasChange.Kind.ROLLBACK, actor=actor,
                              reason=reason.strip(), change_request=None, deploy_stack=stack)
-        _mark_others_stale(alias_row, exclude=None, actor=actor)
+        _mark_others_stale(alias_row, exclude=None, actor=actor, others=others)
         _announce_rollback(change, actor)
     return change
 
