@@ -96,3 +96,17 @@ def test_alias_list_shows_the_latest_changes_and_links_the_whole_history(deploye
     assert alias["history_total"] == 5
     history = engineer_api.get(alias["history_url"]).json()
     assert [change["kind"] for change in history] == ["rollback", "rollback", "deploy", "deploy", "deploy"]
+
+
+def test_a_rollback_regates_the_open_requests_of_that_alias(deployed_three, ops_user, engineer, engineer_api,
+                                                            evaluation_dataset):
+    make_analysis(reference=deployed_three[2], candidate=deployed_three[0], dataset=evaluation_dataset,
+                  actor=engineer)
+    pending = engineer_api.post("/api/v1/change-requests/", {
+        "model": "credit-llm", "alias": "production", "version": 1, "justification": "back to v1"},
+        format="json").json()
+    assert pending["status"] == "pending" and pending["from_version"] == 3
+    assert _rollback(ops_user).json()["version"] == 2
+    stale = engineer_api.get(f"/api/v1/change-requests/{pending['id']}/").json()
+    assert stale["status"] == "stale" and stale["from_version"] == 2 and stale["round"] == 2
+    assert AuditEvent.objects.filter(action="change_request.stale", object_id=str(pending["id"])).count() == 1
