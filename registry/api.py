@@ -153,7 +153,7 @@ class ModelDetailView(APIView):
 
     @extend_schema(responses=ModelSerializer)
     def get(self, request, name):
-        return Response(ModelSerializer(selectors.get_model(name)).data)
+        return Response(ModelSerializer(selectors.get_model_with_owner(name)).data)
 
 
 class VersionListView(APIView):

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from foundation import storage
 from foundation.audit import append_event
-from foundation.errors import Conflict, InvalidInput, PermissionDenied, TooLarge, Unprocessable
+from foundation.errors import Conflict, InvalidInput, NotFound, PermissionDenied, TooLarge, Unprocessable
 from registry import signals
 from registry.models import (
     Dataset,
@@ -65,16 +65,33 @@ def create_model(*, name: str, description: str, actor, team: str | None = None)
     return model
 
 
+_VERSION_COLUMNS = [field for field in ModelVersion._meta.concrete_fields
+                   if not field.primary_key and field.name != "number"]
+# One statement takes the model's row lock and its next number and inserts the version with that number: one
+# round trip, and concurrent creates queue on the model's row only while it runs. The other columns are the
+# values the ORM's INSERT would send (field defaults, auto_now_add), prepared by the fields themselves.
+_ALLOCATE_AND_INSERT_VERSION = (
+    f"WITH allocated AS (UPDATE {RegisteredModel._meta.db_table} "
+    "SET last_version_number = last_version_number + 1 WHERE id = %s RETURNING last_version_number) "
+    f"INSERT INTO {ModelVersion._meta.db_table} (number, {', '.join(field.column for field in _VERSION_COLUMNS)}) "
+    f"SELECT allocated.last_version_number, {', '.join(['%s'] * len(_VERSION_COLUMNS))} FROM allocated "
+    "RETURNING id, number")
+
+
 def _allocate_version(*, model: RegisteredModel, actor, kind: str, description: str,
                       source_job=None) -> ModelVersion:
-    # One statement takes the model's row lock and the next number, so concurrent creates queue on it briefly.
+    version = ModelVersion(model=model, number=0, kind=kind, description=description, created_by=actor,
+                           source_job=source_job)
+    values = [field.get_db_prep_save(field.pre_save(version, True), connection) for field in _VERSION_COLUMNS]
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {RegisteredModel._meta.db_table} SET last_version_number = last_version_number + 1 "
-                       "WHERE id = %s RETURNING last_version_number", [model.pk])
-        (number,) = cursor.fetchone()
-    model.last_version_number = number
-    return ModelVersion.objects.create(model=model, number=number, kind=kind, description=description,
-                                       created_by=actor, source_job=source_job)
+        cursor.execute(_ALLOCATE_AND_INSERT_VERSION, [model.pk, *values])
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound(f"Model {model.name!r} no longer exists.")
+    version.pk, version.number = row
+    version._state.adding, version._state.db = False, connection.alias
+    model.last_version_number = version.number
+    return version
 
 
 @transaction.atomic
