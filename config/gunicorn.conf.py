@@ -25,12 +25,14 @@ timeout = env_int("WEB_TIMEOUT_SECONDS", 3600)
 # upstream keepalive_timeout 60 s), so the server is never the side that closes a connection the other side is
 # about to reuse. gunicorn's default of 2 s races a client that polls every 2 s and makes it see resets.
 keepalive = env_int("WEB_KEEPALIVE_SECONDS", 75)
-# Each worker is replaced after about this many requests (the jitter keeps workers from restarting together), so
-# slow memory growth never accumulates. A recycling worker stops accepting, finishes its in-flight requests
-# (for up to graceful_timeout: as long as an upload may take) and answers a request that arrives on one of its
-# kept-alive connections with "Connection: close"; the client's next request goes to another worker.
-max_requests = env_int("WEB_MAX_REQUESTS", 1000)
-max_requests_jitter = env_int("WEB_MAX_REQUESTS_JITTER", 100)
+# Each worker is replaced after about this many requests, so slow memory growth never accumulates (a web worker
+# loads no ML library; its memory is flat). The jitter (a fifth) keeps workers from recycling together: at
+# 1,000 +- 100 both workers of a busy host retired within a second of each other and for ~4 s no worker took new
+# connections. A recycling worker stops accepting, finishes its in-flight requests (for up to graceful_timeout:
+# as long as an upload may take) and answers a request that arrives on one of its kept-alive connections with
+# "Connection: close"; the client's next request goes to another worker.
+max_requests = env_int("WEB_MAX_REQUESTS", 20000)
+max_requests_jitter = env_int("WEB_MAX_REQUESTS_JITTER", 4000)
 graceful_timeout = env_int("WEB_GRACEFUL_TIMEOUT_SECONDS", timeout)
 # A request thread that holds a row lock or the audit chain's lock and has just been answered by PostgreSQL waits
 # for the GIL before it can commit; with Python's default 5 ms switch interval and eight threads per worker, that
