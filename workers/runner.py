@@ -39,7 +39,7 @@ def run_job(job_id: int) -> None:
         logger.warning("job %s does not exist in this database (no job can have that id); message dropped", job_id)
         return
     try:
-        with _job_lock(job_id) as acquired:
+        with job_lock(job_id) as acquired:
             if not acquired:
                 logger.info("job %s is running on another worker; this duplicate message is dropped", job_id)
                 return
@@ -52,7 +52,9 @@ def run_job(job_id: int) -> None:
 
 
 @contextlib.contextmanager
-def _job_lock(job_id: int):
+def job_lock(job_id: int):
+    """pg_try_advisory_lock on a job for the duration: the runner's for its job, a sweep's for each job it runs
+    inline (the reconciler leaves a locked running job alone). Yields whether it was acquired."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [JOB_LOCK_NAMESPACE, int(job_id)])
         acquired = cursor.fetchone()[0]
