@@ -129,6 +129,15 @@ class BestCandidateChangeRequestForm(forms.Form):
                                                                  "distillation's figures.")
 
 
+class RecommendedCandidateChangeRequestForm(forms.Form):
+    alias = forms.CharField(max_length=64, initial="production",
+                            help_text="The alias the recommended version should serve as; its gates are measured "
+                                      "against the alias's current version on the sweep's evaluation dataset.")
+    justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), required=False,
+                                    max_length=20_000, help_text="Approvers read it; prefilled with the sweep's "
+                                                                 "figures.")
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 

@@ -26,14 +26,6 @@ class CandidateFailed(Exception):
     """One candidate's quantization or analysis failed; its message goes into the candidate's row."""
 
 
-def describe(settings: dict) -> str:
-    """A candidate's settings in a few words, for progress messages and the admin table."""
-    method = settings["method"]
-    if "bits" in settings:
-        return f"{method} {settings['bits']}-bit g{settings['group_size']}"
-    return f"{method} {settings.get('compute_dtype', '')}".strip()
-
-
 def _run_inline(job: Job, executor, *, workdir: Path, report) -> dict:
     """Run one of the sweep's own jobs here, as the runner would, and record its outcome on that job."""
     if job.status == Job.Status.SUCCEEDED:
@@ -103,7 +95,7 @@ def execute_quantization_sweep(*, job, workdir: Path, report) -> dict:
         if index in done:
             continue
         start = 2 + index * span
-        label = f"Candidate {index + 1}/{len(candidates)} ({describe(settings)})"
+        label = f"Candidate {index + 1}/{len(candidates)} ({sweep_services.describe(settings)})"
 
         def progress(offset: float, width: float, step: str, start=start, label=label):
             def scaled(percent: int, message: str) -> None:

@@ -28,6 +28,14 @@ MAX_CANDIDATES = 8
 ALIAS_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+def describe(settings: dict) -> str:
+    """A candidate's settings in a few words, for progress messages and the admin table."""
+    method = settings["method"]
+    if "bits" in settings:
+        return f"{method} {settings['bits']}-bit g{settings['group_size']}"
+    return f"{method} {settings.get('compute_dtype', '')}".strip()
+
+
 def _checked_candidate(*, source, settings: dict, actor) -> dict:
     """One candidate's quantize job params, checked exactly as POST .../quantize checks them."""
     settings = dict(settings)
