@@ -88,9 +88,9 @@ def recommended_version(sweep: QuantizationSweep) -> ModelVersion | None:
 def recommended_justification(sweep: QuantizationSweep) -> str:
     row = next(row for row in sweep.rows if row.get("version") == sweep.recommended)
     return (f"Recommended by quantization sweep {sweep.pk} of v{sweep.source.number}: {describe(row['settings'])} "
-            f"is the smallest of {len(sweep.rows)} candidates passing every gate of the "
-            f"{(sweep.policy or {}).get('source', 'policy')} (size {row['size_ratio']:.3f} of the source, "
-            f"mean KL {row['kl_mean']:.4g}, same top-1 {row['same_top1']:.3f}, PPL ratio {row['ppl_ratio']:.4f}).")
+            f"is the smallest of {len(sweep.rows)} candidates passing every gate "
+            f"({(sweep.policy or {}).get('source', 'policy')}): size {row['size_ratio']:.3f} of the source, "
+            f"mean KL {row['kl_mean']:.4g}, same top-1 {row['same_top1']:.3f}, PPL ratio {row['ppl_ratio']:.4f}.")
 
 
 @admin.register(QuantizationSweep)

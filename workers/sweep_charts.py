@@ -40,13 +40,15 @@ def size_vs_kl(points: list[dict], *, kl_mean_max: float | None = None) -> bytes
                 transform=ax.transAxes)
     else:
         ax.set_xlim(0, max(1.0, *(p["size_ratio"] for p in points)) * 1.05)
-        ax.set_ylim(bottom=0)
+        # Headroom above the highest point or limit, so the labels and the legend stay clear of the data.
+        top = max([p["kl_mean"] for p in points] + ([kl_mean_max] if kl_mean_max is not None else []))
+        ax.set_ylim(0, (top or 1.0) * 1.3)
     ax.set_xlabel("size relative to the source (weights)")
     ax.set_ylabel("mean KL divergence (nats/token)")
     ax.set_title("Quantization sweep: size against distance from the source")
     ax.grid(alpha=0.3)
     if points or kl_mean_max is not None:
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
