@@ -321,13 +321,6 @@ def execute_pii_scan(*, job, workdir: Path, report) -> dict:
                                       report=lambda percent, message: report(5 + int(percent * 0.9), message))
 
 
-def _execute_quantization_sweep(*, job, workdir: Path, report) -> dict:
-    # Imported here: the sweep runs this module's executors (and the runner's job lock) for each candidate.
-    from workers.sweep_executor import execute_quantization_sweep
-
-    return execute_quantization_sweep(job=job, workdir=workdir, report=report)
-
-
 EXECUTORS = {
     Job.Kind.QUANTIZE: execute_quantize,
     Job.Kind.ANALYSIS: execute_analysis,
@@ -335,5 +328,4 @@ EXECUTORS = {
     Job.Kind.PII_SCAN: execute_pii_scan,
     Job.Kind.EVALUATION: execute_evaluation,
     Job.Kind.DISTILLATION: execute_distillation,
-    Job.Kind.QUANTIZATION_SWEEP: _execute_quantization_sweep,
 }

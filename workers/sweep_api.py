@@ -1,6 +1,6 @@
 """Quantization sweep endpoints: start one on a version, read its table, list them."""
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -42,6 +42,7 @@ class QuantizationSweepRequestSerializer(serializers.Serializer):
         return validated
 
 
+@extend_schema_serializer(component_name="QuantizationSweepRequest")
 class QuantizationSweepRequestSchema(QuantizationSweepRequestSerializer):
     """The request as the OpenAPI document shows it: each candidate is one of the quantize endpoint's requests."""
 
@@ -70,8 +71,7 @@ def quantization_sweep_document(sweep) -> dict:
 class QuantizationSweepStartView(APIView):
     permission_classes = [EngineerWrites]
 
-    @extend_schema(request=QuantizationSweepRequestSchema, responses={202: OpenApiTypes.OBJECT},
-                   operation_id="versions_quantization_sweeps_create")
+    @extend_schema(request=QuantizationSweepRequestSchema, responses={202: OpenApiTypes.OBJECT})
     def post(self, request, name, number):
         payload = QuantizationSweepRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)

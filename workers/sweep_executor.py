@@ -12,14 +12,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from foundation.errors import DomainError, StorageUnavailable
 from registry.models import ModelVersion
-from workers import executors, runner, services, sweep_services
+from workers import executors, services, sweep_services
+from workers.job_locks import DATABASE_LOST, job_lock
 from workers.models import Analysis, Job
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 
 logger = logging.getLogger(__name__)
 # Failures the whole sweep's job retries (the runner's transient errors) or stops on; any other failure of a
 # candidate is recorded in its row and the sweep goes on.
-_NOT_A_CANDIDATE_FAILURE = (JobCancelled, StorageUnavailable, SoftTimeLimitExceeded, *runner.DATABASE_LOST)
+_NOT_A_CANDIDATE_FAILURE = (JobCancelled, StorageUnavailable, SoftTimeLimitExceeded, *DATABASE_LOST)
 
 
 class CandidateFailed(Exception):
@@ -32,7 +33,7 @@ def _run_inline(job: Job, executor, *, workdir: Path, report) -> dict:
         return job.result
     if job.is_finished:
         raise CandidateFailed(job.error or f"its {job.kind} job was {job.status}")
-    with runner.job_lock(job.pk) as acquired:
+    with job_lock(job.pk) as acquired:
         if not acquired:
             raise CandidateFailed(f"its {job.kind} job {job.pk} is running on another worker")
         try:
