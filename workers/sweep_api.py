@@ -20,7 +20,9 @@ class QuantizationSweepRequestSerializer(serializers.Serializer):
     candidates = serializers.ListField(child=serializers.JSONField(), min_length=1,
                                        max_length=sweep_services.MAX_CANDIDATES)
     dataset = serializers.IntegerField(min_value=1, help_text="The evaluation dataset every candidate is analysed on.")
-    alias = serializers.RegexField(sweep_services.ALIAS_PATTERN, required=False, default="",
+    alias = serializers.RegexField(sweep_services.ALIAS_PATTERN, required=False, default="", allow_blank=True,
+                                   error_messages={"invalid": "Not an alias name: use lowercase letters, digits, "
+                                                              "'.', '_' or '-', starting with a letter or digit."},
                                    help_text="Whose policy gates the candidates; default: the default gates.")
     max_tokens = serializers.IntegerField(default=4096, help_text="Tokens each analysis scores.")
     top_k = serializers.IntegerField(default=5)

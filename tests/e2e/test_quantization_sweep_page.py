@@ -102,3 +102,38 @@ def test_engineer_reads_a_sweep_and_opens_a_change_request_for_the_recommended_v
     assert request.to_version.number == 3 and request.alias == "staging"
     assert request.requested_by == e2e_users["engineer"]
     assert "opened" in page.inner_text(".messagelist")
+
+
+def test_engineer_starts_a_sweep_from_the_version_page(web_server, e2e_users, unique, tiny_model_dir, page):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    api = client_for(e2e_users["engineer"])
+    model = f"sweep-form-{unique}"
+    register_sealed_version(api, model, tiny_model_dir)
+    version = ModelVersion.objects.get(model__name=model, number=1)
+    dataset = api.post("/api/v1/datasets/", {"name": f"eval-{unique}", "purpose": "evaluation",
+                                             "file": SimpleUploadedFile("e.jsonl", jsonl([{"text": "a b c"}]))},
+                       format="multipart").json()["id"]
+    admin_login(page, web_server, e2e_users["engineer"].username)
+    page.goto(f"{web_server}/admin/registry/modelversion/{version.pk}/change/")
+    form = page.locator("#quantization_sweep-form")
+    form.locator("select[name=sweep-dataset]").select_option(str(dataset))
+    form.locator("input[value=fp4]").uncheck()
+    form.locator("input[name=sweep-alias]").fill("Prod uction")  # not an alias name: refused on the form
+    form.locator("input[name=sweep-max_tokens]").fill("64")
+    SHOTS.mkdir(exist_ok=True)
+    page.locator("#start-quantization-sweep").screenshot(path=str(SHOTS / "version-page-sweep-form.png"))
+    form.locator("input[type=submit]").click()
+    page.wait_for_selector("text=Nothing was started")
+    page.screenshot(path=str(SHOTS / "sweep-form-refused.png"), full_page=True)
+    assert "Not an alias name" in page.inner_text(".field-alias .errorlist")
+    assert QuantizationSweep.objects.filter(source=version).count() == 0
+
+    page.fill("input[name=sweep-alias]", "staging")
+    page.click("#quantization_sweep-form input[type=submit]")
+    page.wait_for_url("**/admin/workers/quantizationsweep/*/change/")
+    assert "2 candidates" in page.inner_text(".messagelist")
+    sweep = QuantizationSweep.objects.get(source=version)
+    assert [c["method"] for c in sweep.params["candidates"]] == ["nf4", "int8"] and sweep.alias == "staging"
+    assert sweep.params["analysis"]["max_tokens"] == 64
+    assert "No candidate measured yet" in page.inner_text("#sweep-table")

@@ -85,7 +85,7 @@ def test_a_sweep_request_queues_one_job_with_each_candidate_checked(engineer_api
     ({"dataset": "calibration"}, 400, "dataset", "analyses need an evaluation dataset"),
     ({"dataset": 999999}, 404, None, "No dataset"),
     ({"max_tokens": 1}, 400, None, "max_tokens"),
-    ({"alias": "Prod uction"}, 400, "alias", "alias"),
+    ({"alias": "Prod uction"}, 400, "alias", "Not an alias name"),
 ])
 def test_a_bad_sweep_request_names_the_input_and_creates_nothing(engineer_api, setup, changes, status, field,
                                                                  message):
