@@ -21,6 +21,7 @@ from django.db import connection
 
 from foundation.errors import DomainError, StorageUnavailable
 from workers import executors, services, sweep_executor
+# JOB_LOCK_NAMESPACE and job_is_running_somewhere stay importable from here, where the lock was first described.
 from workers.job_locks import DATABASE_LOST, JOB_LOCK_NAMESPACE, job_is_running_somewhere, job_lock  # noqa: F401
 from workers.models import Job
 from workers.pipelines.errors import JobCancelled, PipelineInputError
