@@ -9,6 +9,7 @@ from console import (  # noqa: F401
     job_pages,
     registry_pages,
     report_pages,
+    sweep_pages,
 )
 
 admin.site.site_header = "LLM model registry"

@@ -7,7 +7,7 @@ from django import forms
 
 from foundation.errors import DomainError
 from registry.models import Dataset, ModelVersion
-from workers.pipelines.specs import LoraSpec
+from workers.pipelines.specs import METHODS, LoraSpec
 
 LORA_DEFAULTS = LoraSpec()
 # Leaf names of attention projections across the architectures workers.pipelines.lora adapts by default.
@@ -129,6 +129,15 @@ class BestCandidateChangeRequestForm(forms.Form):
                                                                  "distillation's figures.")
 
 
+class RecommendedCandidateChangeRequestForm(forms.Form):
+    alias = forms.CharField(max_length=64, initial="production",
+                            help_text="The alias the recommended version should serve as; its gates are measured "
+                                      "against the alias's current version on the sweep's evaluation dataset.")
+    justification = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 80}), required=False,
+                                    max_length=20_000, help_text="Approvers read it; prefilled with the sweep's "
+                                                                 "figures.")
+
+
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in (text or "").split(",") if item.strip()]
 
@@ -162,6 +171,31 @@ class LoraUpdateForm(forms.Form):
         if _comma_list(data.get("target_modules")):
             payload["target_modules"] = _comma_list(data["target_modules"])
         return payload
+
+
+class QuantizationSweepStartForm(forms.Form):
+    methods = forms.MultipleChoiceField(choices=[(method, method) for method in METHODS], initial=list(METHODS),
+                                        widget=forms.CheckboxSelectMultiple, label="Candidates",
+                                        help_text="One bitsandbytes quantization per method, skipping lm_head; "
+                                                  "GPTQ/AWQ candidates through the API.")
+    dataset = DatasetChoiceField(purpose=Dataset.Purpose.EVALUATION,
+                                 help_text="An evaluation dataset: every candidate is analysed against this version "
+                                           "on it.")
+    alias = forms.CharField(max_length=64, required=False,
+                            help_text="Whose policy gates the candidates (production, staging, ...); empty: the "
+                                      "default gates.")
+    max_tokens = forms.IntegerField(initial=4096, min_value=1, help_text="Tokens each analysis scores.")
+
+    def __init__(self, *args, version: ModelVersion, alias_names: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["alias"].widget.attrs["list"] = "alias-names"
+        self.alias_names = sorted(set(alias_names) | {"production", "staging"})
+        self.fields["dataset"].offer_only_purpose()
+
+    def api_payload(self) -> dict:
+        data = self.cleaned_data
+        return {"candidates": [{"method": method} for method in data["methods"]], "dataset": data["dataset"].pk,
+                "alias": data["alias"], "max_tokens": data["max_tokens"]}
 
 
 class ChangeRequestOpenForm(forms.Form):

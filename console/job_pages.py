@@ -38,6 +38,11 @@ def job_result_links(job) -> list[str]:
         links.append(format_html('<a href="{}">distillation {}</a>',
                                  reverse("admin:workers_distillation_change", args=[distillation_id]),
                                  distillation_id))
+    if "quantization_sweep" in result:
+        sweep_id = result.pop("quantization_sweep")
+        result.pop("recommended", None)  # the sweep's page marks it
+        links.append(format_html('<a href="{}">quantization sweep {}</a>',
+                                 reverse("admin:workers_quantizationsweep_change", args=[sweep_id]), sweep_id))
     links.extend(format_html("{}: {}", key, value) for key, value in result.items())
     return links
 

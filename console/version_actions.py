@@ -1,5 +1,5 @@
 """The version page's write actions that start work elsewhere: an analysis, a task evaluation, a LoRA update, a
-change request.
+quantization sweep, a change request.
 
 Each posts to its own URL. A valid request goes through the API's serializer and the service the API view calls,
 then lands on the job (or change request) page; a refused one is shown again on a page of its own, the form
@@ -16,6 +16,7 @@ from console.forms import (
     ChangeRequestOpenForm,
     EvaluationStartForm,
     LoraUpdateForm,
+    QuantizationSweepStartForm,
     add_domain_error,
     add_serializer_errors,
 )
@@ -27,22 +28,26 @@ from governance.api import ChangeRequestOpenSerializer
 from registry import selectors
 from registry.models import ModelVersion
 from workers import services as job_services
+from workers import sweep_services
 from workers.api import AnalysisRequestSerializer, EvaluationRequestSerializer, LoraRequestSerializer
+from workers.sweep_api import QuantizationSweepRequestSerializer
 
 
 def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
-    """The four forms of a version page, unbound (or `only` one of them bound to `data`)."""
+    """The five forms of a version page, unbound (or `only` one of them bound to `data`)."""
     def bind(name):
         return data if only == name else None
 
+    alias_names = list(governance_selectors.aliases_of(version.model).values_list("name", flat=True))
     return {
         "analysis_form": AnalysisStartForm(bind("analysis"), version=version, prefix="analysis"),
         "evaluation_form": EvaluationStartForm(bind("evaluation"), version=version, prefix="evaluation"),
         "lora_form": LoraUpdateForm(bind("lora"), version=version, prefix="lora",
                                     module_names=selectors.module_names_of(version)),
-        "change_request_form": ChangeRequestOpenForm(
-            bind("change_request"), version=version, prefix="cr",
-            alias_names=list(governance_selectors.aliases_of(version.model).values_list("name", flat=True))),
+        "quantization_sweep_form": QuantizationSweepStartForm(bind("quantization_sweep"), version=version,
+                                                              prefix="sweep", alias_names=alias_names),
+        "change_request_form": ChangeRequestOpenForm(bind("change_request"), version=version, prefix="cr",
+                                                     alias_names=alias_names),
     }
 
 
@@ -50,6 +55,8 @@ ACTIONS = {
     "analysis": {"title": "Start an analysis", "form": "analysis_form", "submit": "Start analysis"},
     "evaluation": {"title": "Start a task evaluation", "form": "evaluation_form", "submit": "Start evaluation"},
     "lora": {"title": "Train a LoRA update", "form": "lora_form", "submit": "Start training"},
+    "quantization_sweep": {"title": "Start a quantization sweep", "form": "quantization_sweep_form",
+                           "submit": "Start sweep"},
     "change_request": {"title": "Open a change request", "form": "change_request_form",
                        "submit": "Open change request"},
 }
@@ -143,6 +150,27 @@ def start_lora_view(admin_site, request, version_id):
         except DomainError as error:
             add_domain_error(form, error)
     return _refused(request, admin_site, version, "lora", form)
+
+
+def start_quantization_sweep_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="quantization_sweep")["quantization_sweep_form"]
+    try:
+        payload = form.api_payload() if form.is_valid() else None
+        data = payload and add_serializer_errors(form, QuantizationSweepRequestSerializer, payload,
+                                                 fields={"candidates": "methods"})
+        if data:
+            sweep = sweep_services.request_quantization_sweep(
+                source=version, candidates=data["candidates"], dataset=form.cleaned_data["dataset"],
+                alias=data["alias"], max_tokens=data["max_tokens"], top_k=data["top_k"], actor=request.user)
+            messages.success(request, f"Quantization sweep {sweep.pk} of v{version.number} "
+                                      f"({len(data['candidates'])} candidates) queued as job {sweep.job_id}.")
+            return HttpResponseRedirect(reverse("admin:workers_quantizationsweep_change", args=[sweep.pk]))
+    except DomainError as error:  # the serializer's per-candidate checks raise them too
+        add_domain_error(form, error, fields={"candidates": "methods"})
+    return _refused(request, admin_site, version, "quantization_sweep", form)
 
 
 def open_change_request_view(admin_site, request, version_id):

@@ -69,6 +69,10 @@ LINKS = {
         "GetAnalysis": ("v1_analyses_retrieve", {"analysis_id": "$response.body#/analysis"}),
         "GetAnalysisJob": ("v1_jobs_retrieve", {"job_id": "$response.body#/job"}),
     },
+    ("v1_models_versions_quantization_sweeps_create", "202"): {
+        "GetQuantizationSweep": ("v1_quantization_sweeps_retrieve", {"sweep_id": "$response.body#/id"}),
+        "GetQuantizationSweepJob": ("v1_jobs_retrieve", {"job_id": "$response.body#/job"}),
+    },
     ("v1_change_requests_create", "201"): {
         "GetChangeRequest": ("v1_change_requests_retrieve", {"request_id": "$response.body#/id"}),
         "Decide": ("v1_change_requests_decisions_create", {"request_id": "$response.body#/id"}),

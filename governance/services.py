@@ -21,6 +21,7 @@ from governance.models import (
     DEFAULT_GATES,
     GATE_THRESHOLD_FIELDS,
     GATES,
+    TASK_GATE_MEASURES,
     Alias,
     AliasChange,
     ChangeRequest,
@@ -30,8 +31,9 @@ from governance.models import (
 from registry.models import Dataset, ModelVersion, RegisteredModel
 from registry.selectors import newest_evaluation_dataset
 from registry.teams import require_team_member
-from workers.models import Analysis, Evaluation
+from workers.models import Analysis, Evaluation, QuantizationSweep
 from workers.services import evaluation_task_type, start_analysis, start_evaluation
+from workers.sweep_services import record_sweep_gates
 
 POLICY_FIELDS = ("required_approvals", *GATE_THRESHOLD_FIELDS, "allow_override", "expiry_days", "auto_rollback",
                  "max_error_increase")
@@ -158,6 +160,30 @@ def compute_gates(result: dict, policy: dict, *, evaluation_result: dict | None 
             row.update(stderr=task["stderr"], metric=task["metric"], note=task["note"])
         gates.append(row)
     return gates
+
+
+def sweep_policy(model: RegisteredModel, alias: str) -> dict:
+    """The thresholds a quantization sweep gates its rows with: the alias's policy (the default gates without an
+    alias), less the task gates, which need a labelled evaluation that a sweep does not run; those are listed as
+    deferred (the change request for the recommended version measures them)."""
+    policy = effective_policy(model, alias) if alias else default_policy("")
+    task_fields = {gate.threshold_field for gate in GATES if gate.measure in TASK_GATE_MEASURES}
+    return {"alias": alias or None, "source": f"policy of {model.name}@{alias}" if alias else "default gates",
+            "thresholds": {field: policy[field] for field in GATE_THRESHOLD_FIELDS if field not in task_fields},
+            "deferred": sorted(field for field in task_fields if policy[field] is not None)}
+
+
+def gate_quantization_sweep_row(*, sweep_id: int, index: int) -> None:
+    """Gate one measured row of a quantization sweep with compute_gates (as change requests are gated), inside the
+    transaction that recorded it."""
+    sweep = QuantizationSweep.objects.select_related("source__model").get(pk=sweep_id)
+    row = next(row for row in sweep.rows if row["index"] == index)
+    if row.get("error") or row.get("analysis") is None:
+        return
+    policy = sweep.policy or sweep_policy(sweep.source.model, sweep.alias)
+    result = Analysis.objects.get(pk=row["analysis"]).result
+    record_sweep_gates(sweep_id=sweep.pk, index=index, policy=policy,
+                       gates=compute_gates(result, policy["thresholds"]))
 
 
 def _gating_policy(request: ChangeRequest) -> dict:

@@ -142,3 +142,32 @@ class Distillation(models.Model):
 
     def __str__(self) -> str:
         return f"distillation {self.pk} from {self.teacher}"
+
+
+class QuantizationSweep(models.Model):
+    """Several quantizations of one source version, each analysed against it on the same evaluation dataset and
+    gated by an alias's policy: the table a validator reads to choose the smallest quantization that passes."""
+
+    source = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, related_name="quantization_sweeps")
+    dataset = models.ForeignKey("registry.Dataset", on_delete=models.PROTECT, related_name="quantization_sweeps")
+    # Whose policy gates the rows; blank: the default gates (governance.models.DEFAULT_GATES).
+    alias = models.CharField(max_length=64, blank=True)
+    # {candidates: [quantize job params, as the quantize endpoint validated them], analysis: {max_tokens, top_k}}
+    params = models.JSONField(default=dict)
+    # The policy thresholds every row was gated with, taken when the first row was gated (null until then).
+    policy = models.JSONField(null=True, blank=True)
+    # What the job has done so far, so a retried sweep does only what is missing:
+    # {"<index>": {"quantize_job": id, "analysis": id}}; rows: the table, one per finished candidate, by index.
+    cells = models.JSONField(default=dict)
+    rows = models.JSONField(default=list)
+    # The number of the smallest version passing every gate, set when the sweep finishes (null: none passed).
+    recommended = models.PositiveIntegerField(null=True, blank=True)
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="quantization_sweep")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"quantization sweep {self.pk} of {self.source}"

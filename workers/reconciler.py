@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from workers.models import Job
 from workers.queues import enqueue_job
-from workers.runner import job_is_running_somewhere
+from workers.job_locks import job_is_running_somewhere
 
 logger = logging.getLogger(__name__)
 

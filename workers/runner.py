@@ -17,19 +17,17 @@ import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import connection
 
 from foundation.errors import DomainError, StorageUnavailable
-from workers import executors, services
+from workers import executors, services, sweep_executor
+# JOB_LOCK_NAMESPACE and job_is_running_somewhere stay importable from here, where the lock was first described.
+from workers.job_locks import DATABASE_LOST, JOB_LOCK_NAMESPACE, job_is_running_somewhere, job_lock  # noqa: F401
 from workers.models import Job
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 
 logger = logging.getLogger(__name__)
 MAX_TRANSIENT_RETRIES = 3
-# The database connection was lost (a restart, a failover, a terminated backend): worth a retry, like storage.
-DATABASE_LOST = (OperationalError, InterfaceError)
-# pg_advisory_lock(namespace, job id) held while a job runs; reports use 0x7201-0x7203 for their own steps.
-JOB_LOCK_NAMESPACE = 0x7301
 _INT4_MAX = 2**31 - 1  # the two-key advisory lock takes int4 keys
 
 
@@ -39,7 +37,7 @@ def run_job(job_id: int) -> None:
         logger.warning("job %s does not exist in this database (no job can have that id); message dropped", job_id)
         return
     try:
-        with _job_lock(job_id) as acquired:
+        with job_lock(job_id) as acquired:
             if not acquired:
                 logger.info("job %s is running on another worker; this duplicate message is dropped", job_id)
                 return
@@ -51,29 +49,11 @@ def run_job(job_id: int) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _job_lock(job_id: int):
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [JOB_LOCK_NAMESPACE, int(job_id)])
-        acquired = cursor.fetchone()[0]
-    try:
-        yield acquired
-    finally:
-        # When the connection was lost (and closed) the session, and the lock with it, is gone already.
-        if acquired and connection.connection is not None:
-            with contextlib.suppress(*DATABASE_LOST), connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [JOB_LOCK_NAMESPACE, int(job_id)])
-
-
-def job_is_running_somewhere(job_id: int) -> bool:
-    """Whether a worker session holds the job's lock (reads pg_locks; takes nothing)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-            "AND classid = %s AND objid = %s "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-            [JOB_LOCK_NAMESPACE, int(job_id)])
-        return cursor.fetchone()[0]
+def _executor(kind: str):
+    # A sweep runs the other kinds' executors for each of its candidates, so it is kept beside them, not among them.
+    if kind == Job.Kind.QUANTIZATION_SWEEP:
+        return sweep_executor.execute_quantization_sweep
+    return executors.EXECUTORS[kind]
 
 
 def _claim_and_run(job_id: int) -> None:
@@ -89,7 +69,7 @@ def _claim_and_run(job_id: int) -> None:
             raise JobCancelled()
 
     try:
-        result = executors.EXECUTORS[job.kind](job=job, workdir=workdir, report=report)
+        result = _executor(job.kind)(job=job, workdir=workdir, report=report)
     except JobCancelled:
         services.fail_job(job_id=job_id, error="", cancelled=True)
     except StorageUnavailable as error:

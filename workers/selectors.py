@@ -3,7 +3,7 @@ from django.db.models import QuerySet
 
 from foundation import storage
 from foundation.errors import NotFound
-from workers.models import Analysis, Distillation, Evaluation, Job
+from workers.models import Analysis, Distillation, Evaluation, Job, QuantizationSweep
 
 
 def jobs(*, status: str | None = None, kind: str | None = None, model_name: str | None = None) -> QuerySet[Job]:
@@ -64,3 +64,14 @@ def analysis_plot_url(analysis: Analysis, plot: str) -> str:
         raise NotFound(f"Analysis {analysis.pk} has no plot {plot!r}.")
     return storage.presigned_download_url(item["object_key"], filename=f"{plot}.png",
                                           version_id=item.get("version_id", ""))
+
+
+def quantization_sweeps() -> QuerySet[QuantizationSweep]:
+    return QuantizationSweep.objects.select_related("job", "source__model", "dataset")
+
+
+def get_quantization_sweep(sweep_id) -> QuantizationSweep:
+    try:
+        return quantization_sweeps().get(pk=sweep_id)
+    except QuantizationSweep.DoesNotExist:
+        raise NotFound(f"No quantization sweep with id {sweep_id}.") from None

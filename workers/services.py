@@ -127,6 +127,10 @@ def _settle_what_waits_on(job: Job) -> None:
         append_event(actor=None, action="distillation.ended", object_type="distillation",
                      object_id=job.distillation.pk, model_name=_model_name(job),
                      after={"status": job.status, "error": job.error, "rows": len(job.distillation.rows)})
+    elif job.kind == Job.Kind.QUANTIZATION_SWEEP:
+        append_event(actor=None, action="quantization_sweep.ended", object_type="quantization_sweep",
+                     object_id=job.quantization_sweep.pk, model_name=_model_name(job),
+                     after={"status": job.status, "error": job.error, "rows": len(job.quantization_sweep.rows)})
     elif job.kind == Job.Kind.PII_SCAN:
         registry_services.record_pii_scan_failure(dataset_id=job.params["dataset"],
                                                   error=job.error or "the scan was cancelled")
@@ -159,7 +163,7 @@ def cancel_job(*, job: Job, actor) -> Job:
     return job
 
 
-def _require_quantizable(*, version, actor) -> None:
+def require_quantizable(*, version, actor) -> None:
     require_team_member(actor=actor, model=version.model)
     if not version.is_sealed:
         raise Conflict(f"{version} is a draft; seal it before quantizing.")
@@ -173,7 +177,16 @@ def _require_quantizable(*, version, actor) -> None:
 def start_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
                        skip_modules: list[str], actor) -> Job:
     """Check a quantization request against the source version and queue it."""
-    _require_quantizable(version=version, actor=actor)
+    params = check_quantization(version=version, method=method, compute_dtype=compute_dtype,
+                                double_quant=double_quant, skip_modules=skip_modules, actor=actor)
+    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+
+
+def check_quantization(*, version, method: str, compute_dtype: str, double_quant: bool,
+                       skip_modules: list[str], actor) -> dict:
+    """The job params of a bitsandbytes quantization request, or the domain error refusing it (creates nothing;
+    quantization sweeps check each candidate with it)."""
+    require_quantizable(version=version, actor=actor)
     try:
         validate_quantize_spec(QuantizeSpec(method=method, compute_dtype=compute_dtype, double_quant=double_quant,
                                             skip_modules=skip_modules))
@@ -186,9 +199,8 @@ def start_quantization(*, version, method: str, compute_dtype: str, double_quant
         raise InvalidInput(f"skip_modules names no module of {version}: {', '.join(unknown)}. "
                            "Use module names such as lm_head, embed_tokens or model.layers.0.mlp.",
                            field="skip_modules")
-    params = {"method": method, "compute_dtype": compute_dtype, "double_quant": double_quant,
-              "skip_modules": skip_modules}
-    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+    return {"method": method, "compute_dtype": compute_dtype, "double_quant": double_quant,
+            "skip_modules": skip_modules}
 
 
 def _matrix_module_names(version) -> list[str]:
@@ -245,7 +257,14 @@ def _sensitive_modules(*, version, keep_sensitive) -> dict:
 def start_calibrated_quantization(*, version, calibration_dataset, settings: dict, actor) -> Job:
     """Check a GPTQ or AWQ request (settings, calibration dataset, module patterns, sensitive layers) against the source
     version and queue it; every refusal happens here, before a job exists."""
-    _require_quantizable(version=version, actor=actor)
+    params = check_calibrated_quantization(version=version, calibration_dataset=calibration_dataset,
+                                           settings=settings, actor=actor)
+    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+
+
+def check_calibrated_quantization(*, version, calibration_dataset, settings: dict, actor) -> dict:
+    """The job params of a GPTQ or AWQ request, or the domain error refusing it (creates nothing)."""
+    require_quantizable(version=version, actor=actor)
     settings = {key: value for key, value in settings.items() if value is not None}
     settings.setdefault("sym", settings.get("method") != "awq")  # AWQ's grids have a zero point by default
     keep_sensitive = settings.pop("keep_sensitive", None)
@@ -281,9 +300,8 @@ def start_calibrated_quantization(*, version, calibration_dataset, settings: dic
         raise Unprocessable(f"calibration_samples is {spec.calibration_samples} but dataset "
                             f"{calibration_dataset.pk} has only {calibration_dataset.records} records.",
                             field="calibration_samples")
-    params = {**dataclasses.asdict(spec), "skip_modules": list(spec.skip_modules), "keep": list(spec.keep),
-              "calibration_dataset": calibration_dataset.pk, "keep_sensitive": sensitive}
-    return create_job(kind=Job.Kind.QUANTIZE, params=params, source_version=version, actor=actor)
+    return {**dataclasses.asdict(spec), "skip_modules": list(spec.skip_modules), "keep": list(spec.keep),
+            "calibration_dataset": calibration_dataset.pk, "keep_sensitive": sensitive}
 
 
 def default_reference(version):
@@ -310,14 +328,7 @@ def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096
     for version in (candidate, reference):
         if not version.is_sealed:
             raise Conflict(f"{version} is a draft; seal it before analysing it.")
-    if dataset.purpose != Dataset.Purpose.EVALUATION:
-        raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; analyses need an "
-                           "evaluation dataset.", field="dataset")
-    try:
-        validate_analysis_spec(AnalysisSpec(max_tokens=max_tokens, top_k=top_k))
-    except PipelineInputError as error:
-        raise InvalidInput(str(error)) from None
-    params = {"max_tokens": max_tokens, "top_k": top_k}
+    params = check_analysis_inputs(dataset=dataset, max_tokens=max_tokens, top_k=top_k)
     with transaction.atomic():
         job = create_job(kind=Job.Kind.ANALYSIS, params=params, source_version=candidate, actor=actor)
         analysis = Analysis.objects.create(reference=reference, candidate=candidate, dataset=dataset,
@@ -327,6 +338,18 @@ def start_analysis(*, candidate, reference=None, dataset, max_tokens: int = 4096
                      after={"reference": reference.number, "candidate": candidate.number, "dataset": dataset.pk,
                             "params": params})
         return analysis
+
+
+def check_analysis_inputs(*, dataset, max_tokens: int, top_k: int) -> dict:
+    """An analysis's params, or the domain error refusing its dataset or settings (creates nothing)."""
+    if dataset.purpose != Dataset.Purpose.EVALUATION:
+        raise InvalidInput(f"Dataset {dataset.pk} ({dataset.name}) is for {dataset.purpose}; analyses need an "
+                           "evaluation dataset.", field="dataset")
+    try:
+        validate_analysis_spec(AnalysisSpec(max_tokens=max_tokens, top_k=top_k))
+    except PipelineInputError as error:
+        raise InvalidInput(str(error)) from None
+    return {"max_tokens": max_tokens, "top_k": top_k}
 
 
 @transaction.atomic

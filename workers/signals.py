@@ -16,3 +16,6 @@ version_registered = Signal()
 evaluation_completed = Signal()
 # evaluation_id, error: the evaluation will never finish (its job failed or was cancelled).
 evaluation_failed = Signal()
+# sweep_id, index: a quantization sweep recorded one candidate's row (sent inside that transaction; governance
+# gates the row with the sweep's policy and writes the verdicts back through workers.sweep_services).
+quantization_sweep_row_recorded = Signal()

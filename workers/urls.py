@@ -1,6 +1,6 @@
 from django.urls import path
 
-from workers import api
+from workers import api, sweep_api
 
 urlpatterns = [
     path("models/<str:name>/versions/<int:number>/quantize", api.QuantizeView.as_view(), name="version-quantize"),
@@ -10,6 +10,13 @@ urlpatterns = [
          name="version-evaluations"),
     path("evaluations/<int:evaluation_id>", api.EvaluationDetailView.as_view(), name="evaluation-detail"),
     path("evaluations/<int:evaluation_id>/", api.EvaluationDetailAliasView.as_view()),
+    path("models/<str:name>/versions/<int:number>/quantization-sweeps", sweep_api.QuantizationSweepStartView.as_view(),
+         name="version-quantization-sweeps"),
+    path("quantization-sweeps", sweep_api.QuantizationSweepListView.as_view(), name="quantization-sweep-list"),
+    path("quantization-sweeps/", sweep_api.QuantizationSweepListAliasView.as_view()),
+    path("quantization-sweeps/<int:sweep_id>", sweep_api.QuantizationSweepDetailView.as_view(),
+         name="quantization-sweep-detail"),
+    path("quantization-sweeps/<int:sweep_id>/", sweep_api.QuantizationSweepDetailAliasView.as_view()),
     path("distillations", api.DistillationListView.as_view(), name="distillation-list"),
     path("distillations/", api.DistillationListAliasView.as_view()),
     path("distillations/<int:distillation_id>", api.DistillationDetailView.as_view(), name="distillation-detail"),
