@@ -1,4 +1,4 @@
-"""Load a model version directory (plain, bitsandbytes-quantized, or base + LoRA adapter) for the pipelines.
+"""Load a model version directory (plain, bitsandbytes- or compressed-tensors-quantized, or base + LoRA adapter).
 
 Also where a pipeline learns what it loads onto and with: the device it picks, that device in words and the
 library versions, both recorded in a new version's metadata.
@@ -246,6 +246,12 @@ def load_causal_lm(
     if chosen is not None:
         kwargs["dtype"] = getattr(torch, chosen)
     quantized = "quantization_config" in config
+    if is_compressed_tensors(config):
+        # Packed GPTQ (compressed-tensors) loads dequantized: plain Linear layers holding the grid values, which
+        # the analysis hooks, evaluation and peft's LoRA layers all handle (peft has no compressed-tensors layer).
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if quantized or device != "cpu":
         # bitsandbytes layers must be created on their final device (moving them afterwards is not supported),
         # and a plain model read straight onto the GPU never has a full copy in host memory.
@@ -258,6 +264,11 @@ def load_causal_lm(
     model.eval()
     tokenizer = load_tokenizer(model_dir, adapter_dir=adapter_dir)
     return model, tokenizer
+
+
+def is_compressed_tensors(config: dict) -> bool:
+    """Whether config.json describes a compressed-tensors checkpoint (our packed GPTQ versions)."""
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
 
 
 def load_adapter(model, adapter_dir: Path):
