@@ -120,6 +120,8 @@ def test_modules_and_skip_modules_choose_the_layers(source_dir, tmp_path):
                                              "model.layers.1.mlp.gate_proj"]
     reasons = {item["name"]: item["reason"] for item in metadata["kept_modules"]}
     assert reasons["model.layers.1.mlp.up_proj"] == "keep_sensitive"
+    # group_size 128 does not divide the tiny model's 64 inputs: written dequantized, and saying why
+    assert metadata["format"] == "dequantized" and "does not divide" in metadata["format_note"]
     assert "down_proj" in reasons["model.layers.0.mlp.down_proj"]
 
 

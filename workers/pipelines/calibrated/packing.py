@@ -10,6 +10,7 @@ Not packed (written dequantized instead, see `unpackable_reason`):
 - asymmetric grids: compressed-tensors 0.20 packs their zero points into int32 on save but, building the empty
   model for transformers 5.23's loader, leaves the zero-point parameter unpacked, so from_pretrained refuses the
   checkpoint with a size mismatch;
+- layers whose input width the group size does not divide (the format and vLLM's kernels need whole groups);
 - AWQ: our AWQ folds its per-input-channel scales into each weight (Q(W·s)·s⁻¹), which no uniform per-group grid
   represents; packing it needs the scales folded into the preceding norms instead.
 """
@@ -25,8 +26,14 @@ from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec
 FORMAT = "pack-quantized"
 
 
-def unpackable_reason(spec: CalibratedQuantizeSpec) -> str | None:
-    """Why spec's result cannot be written packed (then it is written dequantized), or None."""
+def unpackable_reason(spec: CalibratedQuantizeSpec, in_features: dict[str, int]) -> str | None:
+    """Why spec's result on the planned layers (name -> input width) cannot be written packed (then it is
+    written dequantized), or None."""
+    if spec.group_size != -1:
+        uneven = sorted(name for name, width in in_features.items() if width % spec.group_size)
+        if uneven:
+            return (f"{len(uneven)} layer(s) ({uneven[0]}, ...) have an input width that group_size "
+                    f"{spec.group_size} does not divide, which compressed-tensors and the serving kernels require")
     if spec.method != "gptq":
         return ("AWQ's per-input-channel scales are folded into each weight, which a per-group grid cannot "
                 "represent")

@@ -216,7 +216,7 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
         raise PipelineInputError(f"calibration_samples is {spec.calibration_samples} but the calibration dataset "
                                  f"gives only {len(sequences)} usable texts; ask for fewer samples.")
     modules = dict(model.named_modules())
-    not_packed = unpackable_reason(spec)
+    not_packed = unpackable_reason(spec, {name: modules[name].in_features for name in planned})
     grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     losses: dict[str, float] = {}
     alphas: dict[str, float] = {}
