@@ -169,6 +169,9 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
             path("<int:version_id>/lora/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.start_lora_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_lora"),
+            path("<int:version_id>/merge/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.merge_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_merge"),
             path("<int:version_id>/change-request/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.open_change_request_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_change_request"),

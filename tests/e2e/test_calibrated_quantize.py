@@ -1,5 +1,7 @@
 """GPTQ and AWQ through the API with a real Celery worker: the version is registered with its calibration lineage and
 metadata, loads with plain from_pretrained and stays close to its source; sensitive layers are kept."""
+import json
+
 import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -51,6 +53,15 @@ def test_calibrated_version_is_registered_with_calibration_lineage_and_loads(wor
     assert "lm_head" in quantization["skipped_modules"]
     assert quantization["packed_size_bytes"] < quantization["size_before_bytes"]
     assert quantization["device"] and quantization["wall_seconds"] > 0
+    # GPTQ is packed in the format serving engines read from config.json; AWQ stays dequantized, saying why.
+    config = json.loads((tmp_path / method / "config.json").read_text())
+    if method == "gptq":
+        assert quantization["format"] == "pack-quantized"
+        assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+        assert quantization["size_after_bytes"] == quantization["packed_size_bytes"]
+    else:
+        assert quantization["format"] == "dequantized" and "quantization_config" not in config
+    assert detail["serving"]["command"] == f"vllm serve ./{model}-v2"
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     candidate = AutoModelForCausalLM.from_pretrained(tmp_path / method)
