@@ -322,9 +322,9 @@ def execute_pii_scan(*, job, workdir: Path, report) -> dict:
 
 
 def execute_merge(*, job, workdir: Path, report) -> dict:
-    from workers import merge_executors  # it imports download_version from here
+    from workers import merge_executors  # (kept apart from this file, see merge_services)
 
-    return merge_executors.execute_merge(job=job, workdir=workdir, report=report)
+    return merge_executors.execute_merge(job=job, workdir=workdir, report=report, download_version=download_version)
 
 
 EXECUTORS = {

@@ -4,11 +4,11 @@ from pathlib import Path
 
 from registry import services as registry_services
 from registry.models import LineageEdge, ModelVersion
-from workers.executors import download_version
 from workers.merge_services import adapter_base
 
 
-def execute_merge(*, job, workdir: Path, report) -> dict:
+def execute_merge(*, job, workdir: Path, report, download_version) -> dict:
+    """download_version(version, directory): executors' own, passed in so this module does not import it."""
     from workers.pipelines.lora import merge_lora
 
     adapter = job.source_version
