@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from workers.pipelines.errors import PipelineInputError
-from workers.pipelines.memory import checkpoint_dtype, loaded_bytes, stored_tensors
+from workers.pipelines.memory import TORCH_DTYPE_BYTES, checkpoint_dtype, loaded_bytes, stored_tensors
 
 # Files save_pretrained of a tokenizer may write. An adapter directory holding any of them carries its own
 # tokenizer (one trained with new tokens does); a derived version copies them so it tokenizes identically.
@@ -218,7 +218,10 @@ def floating_dtype(model, *, frozen_only: bool = False) -> str | None:
 def resident_bytes(model_dir: Path, *, adapter_dir: Path | None = None, dtype=None) -> int:
     """Bytes the version's weights (and adapter) take once load_causal_lm has loaded them, from the headers."""
     config = read_model_config(model_dir)
-    total = loaded_bytes(stored_tensors(model_dir), load_dtype(model_dir, config, dtype))
+    tensors = stored_tensors(model_dir)
+    total = loaded_bytes(tensors, load_dtype(model_dir, config, dtype))
+    if is_compressed_tensors(config):
+        total += _unpacking_growth(tensors, config)
     if adapter_dir is not None:
         total += loaded_bytes(stored_tensors(adapter_dir))
     return total
@@ -264,6 +267,16 @@ def load_causal_lm(
     model.eval()
     tokenizer = load_tokenizer(model_dir, adapter_dir=adapter_dir)
     return model, tokenizer
+
+
+def _unpacking_growth(tensors, config: dict) -> int:
+    """Bytes a packed checkpoint gains when load_causal_lm dequantizes it: each int32 of `weight_packed` holds
+    32/bits weights, which become floats of the checkpoint's dtype (that of its scales)."""
+    groups = (config.get("quantization_config") or {}).get("config_groups") or {}
+    bits = min((group.get("weights") or {}).get("num_bits") or 8 for group in groups.values()) if groups else 8
+    element_bytes = TORCH_DTYPE_BYTES.get(checkpoint_dtype(tensors) or "float32", 4)
+    return sum(tensor.elements * (32 // bits) * element_bytes - tensor.stored_bytes
+               for tensor in tensors if tensor.name.endswith(".weight_packed"))
 
 
 def is_compressed_tensors(config: dict) -> bool:

@@ -104,3 +104,14 @@ def test_lora_trains_on_the_frozen_packed_base_and_refuses_to_merge_into_it(sour
     with pytest.raises(PipelineInputError, match="quantized"):
         merge_lora(out_dir, tmp_path / "adapter", tmp_path / "merged")
     assert AutoTokenizer.from_pretrained(out_dir) is not None
+
+
+def test_memory_estimate_counts_the_weights_unpacked(source_dir, packed):
+    from workers.pipelines.loading import load_causal_lm, resident_bytes
+
+    out_dir, _ = packed
+    model, _ = load_causal_lm(out_dir, device="cpu")
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())
+    # The source holds the same float32 weights, unpacked: the estimate is what the dequantized model takes.
+    assert resident_bytes(out_dir) == pytest.approx(loaded, rel=0.05)
+    assert resident_bytes(out_dir) == pytest.approx(resident_bytes(source_dir), rel=0.05)
