@@ -60,7 +60,7 @@ class VersionSerializer(serializers.ModelSerializer):
         fields = ["model", "number", "description", "status", "kind", "manifest_sha256", "files", "parents",
                   "quantization", "lora", "created_by", "created_at", "sealed_at", "serving"]
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(serializers.DictField(allow_null=True))  # null for a draft
     def get_serving(self, version) -> dict | None:
         """{engine, download, command, sglang, note}: how to serve it once pulled (detail only, not in lists)."""
         return serving_commands(version)
