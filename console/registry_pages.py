@@ -19,6 +19,7 @@ from foundation.roles import ALL_ROLES, ML_ENGINEER, has_role
 from governance import selectors as governance_selectors
 from registry import selectors, services
 from registry.models import Dataset, ModelVersion, RegisteredModel, Team
+from registry.serving import serving_commands
 from reports import selectors as report_selectors
 from workers import selectors as job_selectors
 from workers import services as job_services
@@ -171,6 +172,9 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
             path("<int:version_id>/quantization-sweep/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.start_quantization_sweep_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_quantization_sweep"),
+            path("<int:version_id>/merge/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.merge_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_merge"),
             path("<int:version_id>/change-request/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.open_change_request_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_change_request"),
@@ -195,6 +199,7 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
             "training_curve": version_display.training_curve_chart(version.lora),
             "training_points": version_display.training_curve_rows(version.lora),
             "aliases_here": version_display.version_aliases(version),
+            "serving": serving_commands(version),
             "analyses": Analysis.objects.select_related("candidate__model", "reference__model", "dataset", "job")
                                         .filter(Q(candidate=version) | Q(reference=version)).order_by("-pk")[:20],
             "evaluations": Evaluation.objects.select_related("candidate__model", "reference__model", "dataset", "job")

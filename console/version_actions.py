@@ -31,6 +31,7 @@ from workers import services as job_services
 from workers import sweep_services
 from workers.api import AnalysisRequestSerializer, EvaluationRequestSerializer, LoraRequestSerializer
 from workers.sweep_api import QuantizationSweepRequestSerializer
+from workers.merge_services import start_merge
 
 
 def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
@@ -192,3 +193,17 @@ def open_change_request_view(admin_site, request, version_id):
         except DomainError as error:
             add_domain_error(form, error)
     return _refused(request, admin_site, version, "change_request", form)
+
+
+def merge_view(admin_site, request, version_id):
+    """Fold a LoRA version into its full-precision base (a merge job); a refusal comes back as a message."""
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    try:
+        job = start_merge(adapter=version, actor=request.user)
+    except DomainError as error:
+        messages.error(request, f"Not merged: {error.message}")
+        return HttpResponseRedirect(reverse("admin:registry_modelversion_change", args=[version.pk]))
+    messages.success(request, f"Merge of v{version.number} into its base queued as job {job.pk}.")
+    return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))

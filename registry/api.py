@@ -1,7 +1,7 @@
 """Registry endpoints: parse, authorize, call one service or selector, serialize. No writes here."""
 from django.http import HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,7 @@ from foundation.permissions import EngineerWrites, role_permission
 from foundation.roles import ML_ENGINEER, REGULATOR
 from registry import selectors, services
 from registry.models import Dataset, DatasetPiiFinding, ModelVersion, RegisteredModel, VersionFile
+from registry.serving import serving_commands
 from registry.validation import validate_file_path
 
 
@@ -52,11 +53,17 @@ class VersionSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username")
     files = VersionFileSerializer(many=True)
     parents = serializers.SerializerMethodField()
+    serving = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
         fields = ["model", "number", "description", "status", "kind", "manifest_sha256", "files", "parents",
-                  "quantization", "lora", "created_by", "created_at", "sealed_at"]
+                  "quantization", "lora", "created_by", "created_at", "sealed_at", "serving"]
+
+    @extend_schema_field(serializers.DictField(allow_null=True))  # null for a draft
+    def get_serving(self, version) -> dict | None:
+        """{engine, download, command, sglang, note}: how to serve it once pulled (detail only, not in lists)."""
+        return serving_commands(version)
 
     def get_parents(self, version) -> list[dict]:
         parents = []
@@ -95,7 +102,7 @@ def new_draft_document(version: ModelVersion) -> dict:
             "status": version.status, "kind": version.kind, "manifest_sha256": version.manifest_sha256,
             "files": [], "parents": [], "quantization": version.quantization, "lora": version.lora,
             "created_by": version.created_by.username, "created_at": version.created_at,
-            "sealed_at": version.sealed_at}
+            "sealed_at": version.sealed_at, "serving": None}
 
 
 class DatasetCreateSerializer(serializers.Serializer):

@@ -334,8 +334,9 @@ def record_pii_exception(*, dataset: Dataset, reason: str, actor) -> Dataset:
 
 def register_derived_version(*, parent: ModelVersion, job, local_dir: Path, kind: str, relation: str,
                              metadata: dict, datasets: list[tuple[Dataset, str]] = (), description: str = "",
-                             actor) -> ModelVersion:
-    """Upload a worker's output directory and register it as a sealed version derived from `parent`.
+                             actor, other_parents: list[tuple[ModelVersion, str]] = ()) -> ModelVersion:
+    """Upload a worker's output directory and register it as a sealed version derived from `parent` (and from
+    `other_parents`: a merged version comes from its adapter and the adapter's base).
 
     Idempotent per job: objects go to keys derived from the job id (a retry overwrites them), and the version
     row is unique per job, so a job that runs twice registers exactly one version.
@@ -369,11 +370,13 @@ def register_derived_version(*, parent: ModelVersion, job, local_dir: Path, kind
                                        object_key=item.key, storage_version_id=item.version_id,
                                        tensors=tensors_by_path.get(path))
         LineageEdge.objects.create(child=version, parent_version=parent, relation=relation)
+        for other_parent, other_relation in other_parents:
+            LineageEdge.objects.create(child=version, parent_version=other_parent, relation=other_relation)
         for dataset, dataset_relation in datasets:
             LineageEdge.objects.create(child=version, parent_dataset=dataset, relation=dataset_relation)
         if kind == ModelVersion.Kind.QUANTIZED:
             version.quantization = metadata
-        elif kind == ModelVersion.Kind.LORA:
+        elif kind in (ModelVersion.Kind.LORA, ModelVersion.Kind.MERGED):  # merged: the adapter's record + merge
             version.lora = metadata
         version.manifest_sha256 = manifest_digest([(p, s.size, s.sha256) for p, s in stored.items()])
         version.status = ModelVersion.Status.READY

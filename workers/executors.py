@@ -321,6 +321,12 @@ def execute_pii_scan(*, job, workdir: Path, report) -> dict:
                                       report=lambda percent, message: report(5 + int(percent * 0.9), message))
 
 
+def execute_merge(*, job, workdir: Path, report) -> dict:
+    from workers import merge_executors  # (kept apart from this file, see merge_services)
+
+    return merge_executors.execute_merge(job=job, workdir=workdir, report=report, download_version=download_version)
+
+
 EXECUTORS = {
     Job.Kind.QUANTIZE: execute_quantize,
     Job.Kind.ANALYSIS: execute_analysis,
@@ -328,4 +334,5 @@ EXECUTORS = {
     Job.Kind.PII_SCAN: execute_pii_scan,
     Job.Kind.EVALUATION: execute_evaluation,
     Job.Kind.DISTILLATION: execute_distillation,
+    Job.Kind.MERGE: execute_merge,
 }

@@ -1,11 +1,12 @@
 from django.urls import path
 
-from workers import api, sweep_api
+from workers import api, merge_api, sweep_api
 
 urlpatterns = [
     path("models/<str:name>/versions/<int:number>/quantize", api.QuantizeView.as_view(), name="version-quantize"),
     path("models/<str:name>/versions/<int:number>/analyses", api.AnalysisStartView.as_view(), name="version-analyse"),
     path("models/<str:name>/versions/<int:number>/lora-updates", api.LoraUpdateView.as_view(), name="version-lora"),
+    path("models/<str:name>/versions/<int:number>/merge", merge_api.MergeView.as_view(), name="version-merge"),
     path("models/<str:name>/versions/<int:number>/evaluations", api.EvaluationStartView.as_view(),
          name="version-evaluations"),
     path("evaluations/<int:evaluation_id>", api.EvaluationDetailView.as_view(), name="evaluation-detail"),

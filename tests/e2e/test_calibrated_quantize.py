@@ -1,5 +1,7 @@
 """GPTQ and AWQ through the API with a real Celery worker: the version is registered with its calibration lineage and
 metadata, loads with plain from_pretrained and stays close to its source; sensitive layers are kept."""
+import json
+
 import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -51,11 +53,49 @@ def test_calibrated_version_is_registered_with_calibration_lineage_and_loads(wor
     assert "lm_head" in quantization["skipped_modules"]
     assert quantization["packed_size_bytes"] < quantization["size_before_bytes"]
     assert quantization["device"] and quantization["wall_seconds"] > 0
+    # GPTQ is packed in the format serving engines read from config.json; AWQ stays dequantized, saying why.
+    config = json.loads((tmp_path / method / "config.json").read_text())
+    if method == "gptq":
+        assert quantization["format"] == "pack-quantized"
+        assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+        assert quantization["size_after_bytes"] == quantization["packed_size_bytes"]
+    else:
+        assert quantization["format"] == "dequantized" and "quantization_config" not in config
+    assert detail["serving"]["command"] == f"vllm serve ./{model}-v2"
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     candidate = AutoModelForCausalLM.from_pretrained(tmp_path / method)
     input_ids = torch.randint(0, reference.config.vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
     assert _mean_kl(reference, candidate, input_ids) < 0.5
+
+
+def test_a_lora_update_on_a_packed_gptq_version_is_registered_like_on_a_bitsandbytes_one(
+        worker, e2e_users, unique, tiny_model_dir):
+    api = client_for(e2e_users["engineer"])
+    model = f"gptq-lora-{unique}"
+    register_sealed_version(api, model, tiny_model_dir)
+    dataset = _calibration_dataset(api, unique)
+    gptq = api.post(f"/api/v1/models/{model}/versions/1/quantize",
+                    {"method": "gptq", "bits": 4, "group_size": 32, "calibration_dataset": dataset["id"],
+                     "calibration_samples": 16, "max_length": 32}, format="json")
+    assert wait_for_job(api, gptq.json()["job"])["status"] == "succeeded"
+    training = api.post("/api/v1/datasets/", {
+        "name": f"train_{unique}", "purpose": "training",
+        "file": SimpleUploadedFile("train.jsonl", jsonl([{"prompt": f"Q: {text}", "completion": " ok"}
+                                                         for text in SAMPLE_TEXTS]))}, format="multipart").json()
+    lora = api.post(f"/api/v1/models/{model}/versions/2/lora-updates",
+                    {"dataset": training["id"], "r": 4, "steps": 4, "learning_rate": 0.01}, format="json")
+    job = wait_for_job(api, lora.json()["job"])
+    assert job["status"] == "succeeded", job["error"]
+
+    adapter = api.get(f"/api/v1/models/{model}/versions/3/").json()
+    assert adapter["kind"] == "lora" and {"model": model, "number": 2, "relation": "adapted_from"} in adapter["parents"]
+    assert adapter["lora"]["settings"]["qlora"] is True
+    assert adapter["lora"]["base_quantization"]["method"] == "compressed-tensors-int4"
+    assert adapter["serving"]["command"] == (f"vllm serve ./{model}-v2 --enable-lora "
+                                             f"--lora-modules {model}-v3=./{model}-v3")
+    refused = api.post(f"/api/v1/models/{model}/versions/3/merge", format="json")
+    assert refused.status_code == 422 and "quantized (gptq)" in refused.json()["detail"]
 
 
 def test_keep_sensitive_keeps_the_analysis_top_layers_out_of_gptq(worker, e2e_users, unique, tiny_model_dir):

@@ -1,4 +1,4 @@
-"""Load a model version directory (plain, bitsandbytes-quantized, or base + LoRA adapter) for the pipelines.
+"""Load a model version directory (plain, bitsandbytes- or compressed-tensors-quantized, or base + LoRA adapter).
 
 Also where a pipeline learns what it loads onto and with: the device it picks, that device in words and the
 library versions, both recorded in a new version's metadata.
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from workers.pipelines.errors import PipelineInputError
-from workers.pipelines.memory import checkpoint_dtype, loaded_bytes, stored_tensors
+from workers.pipelines.memory import TORCH_DTYPE_BYTES, checkpoint_dtype, loaded_bytes, stored_tensors
 
 # Files save_pretrained of a tokenizer may write. An adapter directory holding any of them carries its own
 # tokenizer (one trained with new tokens does); a derived version copies them so it tokenizes identically.
@@ -218,7 +218,10 @@ def floating_dtype(model, *, frozen_only: bool = False) -> str | None:
 def resident_bytes(model_dir: Path, *, adapter_dir: Path | None = None, dtype=None) -> int:
     """Bytes the version's weights (and adapter) take once load_causal_lm has loaded them, from the headers."""
     config = read_model_config(model_dir)
-    total = loaded_bytes(stored_tensors(model_dir), load_dtype(model_dir, config, dtype))
+    tensors = stored_tensors(model_dir)
+    total = loaded_bytes(tensors, load_dtype(model_dir, config, dtype))
+    if is_compressed_tensors(config):
+        total += _unpacking_growth(tensors, config)
     if adapter_dir is not None:
         total += loaded_bytes(stored_tensors(adapter_dir))
     return total
@@ -246,6 +249,12 @@ def load_causal_lm(
     if chosen is not None:
         kwargs["dtype"] = getattr(torch, chosen)
     quantized = "quantization_config" in config
+    if is_compressed_tensors(config):
+        # Packed GPTQ (compressed-tensors) loads dequantized: plain Linear layers holding the grid values, which
+        # the analysis hooks, evaluation and peft's LoRA layers all handle (peft has no compressed-tensors layer).
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
     if quantized or device != "cpu":
         # bitsandbytes layers must be created on their final device (moving them afterwards is not supported),
         # and a plain model read straight onto the GPU never has a full copy in host memory.
@@ -258,6 +267,21 @@ def load_causal_lm(
     model.eval()
     tokenizer = load_tokenizer(model_dir, adapter_dir=adapter_dir)
     return model, tokenizer
+
+
+def _unpacking_growth(tensors, config: dict) -> int:
+    """Bytes a packed checkpoint gains when load_causal_lm dequantizes it: each int32 of `weight_packed` holds
+    32/bits weights, which become floats of the checkpoint's dtype (that of its scales)."""
+    groups = (config.get("quantization_config") or {}).get("config_groups") or {}
+    bits = min((group.get("weights") or {}).get("num_bits") or 8 for group in groups.values()) if groups else 8
+    element_bytes = TORCH_DTYPE_BYTES.get(checkpoint_dtype(tensors) or "float32", 4)
+    return sum(tensor.elements * (32 // bits) * element_bytes - tensor.stored_bytes
+               for tensor in tensors if tensor.name.endswith(".weight_packed"))
+
+
+def is_compressed_tensors(config: dict) -> bool:
+    """Whether config.json describes a compressed-tensors checkpoint (our packed GPTQ versions)."""
+    return (config.get("quantization_config") or {}).get("quant_method") == "compressed-tensors"
 
 
 def load_adapter(model, adapter_dir: Path):

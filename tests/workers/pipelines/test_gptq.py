@@ -1,5 +1,5 @@
 """GPTQ and AWQ on calibration text: GPTQ beats round-to-nearest at the same bit width, writes a version that loads with
-plain from_pretrained, records per-module loss, keeps what it is told to keep, and refuses bad settings."""
+plain from_pretrained (packed, or dequantized where it cannot be packed), records per-module loss, keeps what it is told to keep, and refuses bad settings."""
 
 import json
 
@@ -69,8 +69,10 @@ def test_gptq_4bit_group_32_is_closer_to_the_source_than_round_to_nearest(source
 def test_gptq_version_loads_plainly_and_records_what_it_did(source_dir, gptq_4bit):
     out_dir, metadata = gptq_4bit
     config = json.loads((out_dir / "config.json").read_text())
-    assert "quantization_config" not in config  # loads with plain from_pretrained, no GPTQ kernels needed
-    model = AutoModelForCausalLM.from_pretrained(out_dir)
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"  # packed; see test_packed_gptq
+    model = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))  # compressed-tensors unpacks the weights on the first pass
     weight = model.model.layers[0].mlp.up_proj.weight.detach()
     # Every group of 32 input columns of a quantized row holds at most 2**4 distinct values.
     assert max(len(torch.unique(weight[row, :32])) for row in range(weight.shape[0])) <= 16
@@ -103,6 +105,9 @@ def test_keeping_the_most_sensitive_layers_lowers_kl_against_gptq_without_them(s
 def test_eight_bits_with_act_order_and_asymmetric_grid_lose_less_than_four(source_dir, gptq_4bit, tmp_path):
     spec = CalibratedQuantizeSpec(bits=8, group_size=-1, sym=False, desc_act=True)
     metadata = quantize_calibrated_version(source_dir, tmp_path / "v", spec, CALIBRATION_TEXTS)
+    # Asymmetric grids stay dequantized (compressed-tensors 0.20 cannot reload their packed zero points).
+    assert metadata["format"] == "dequantized" and "asymmetric" in metadata["format_note"]
+    assert "quantization_config" not in json.loads((tmp_path / "v" / "config.json").read_text())
     four = gptq_4bit[1]["module_loss"]
     assert all(metadata["module_loss"][name] < four[name] for name in four)
 
@@ -115,6 +120,8 @@ def test_modules_and_skip_modules_choose_the_layers(source_dir, tmp_path):
                                              "model.layers.1.mlp.gate_proj"]
     reasons = {item["name"]: item["reason"] for item in metadata["kept_modules"]}
     assert reasons["model.layers.1.mlp.up_proj"] == "keep_sensitive"
+    # group_size 128 does not divide the tiny model's 64 inputs: written dequantized, and saying why
+    assert metadata["format"] == "dequantized" and "does not divide" in metadata["format_note"]
     assert "down_proj" in reasons["model.layers.0.mlp.down_proj"]
 
 

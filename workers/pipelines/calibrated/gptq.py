@@ -50,8 +50,12 @@ def round_to_nearest(weight: torch.Tensor, bits: int, group_size: int, sym: bool
 
 
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,
-                         damping: float, sym: bool, desc_act: bool) -> torch.Tensor:
-    """The GPTQ-quantized (dequantized) weight, [out, in], given H = XᵀX of its inputs, [in, in]."""
+                         damping: float, sym: bool, desc_act: bool,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the GPTQ-quantized weight dequantized [out, in], its grid's scales and zero points [out, groups]) given
+    H = XᵀX of its inputs, [in, in]. Group g always covers columns g·group_size onwards in the weight's own order,
+    as the packed formats expect: with act-order the grids are fixed up front ("static groups") and only the
+    order in which columns are rounded changes."""
     W = weight.float().clone()
     H = hessian.float().clone()
     columns = W.shape[1]
@@ -69,8 +73,16 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: i
         raise PipelineInputError(f"The calibration Hessian is not positive definite even after damping "
                                  f"({error}); raise damping (e.g. 0.1) or use more calibration samples.") from None
     Q = torch.zeros_like(W)
-    if group_size == -1:
-        scale, zero = grid_parameters(W, bits, sym)
+    size = columns if group_size == -1 else group_size
+    groups = -(-columns // size)
+    scales = torch.zeros(W.shape[0], groups, device=W.device)
+    zeros = torch.zeros_like(scales)
+    if permutation is not None or group_size == -1:
+        original = W if permutation is None else W[:, torch.argsort(permutation)]
+        for group in range(groups):
+            scale, zero = grid_parameters(original[:, group * size:(group + 1) * size], bits, sym)
+            scales[:, group], zeros[:, group] = scale[:, 0], zero[:, 0]
+    order = permutation if permutation is not None else torch.arange(columns, device=W.device)
     for first in range(0, columns, BLOCK_COLUMNS):
         last = min(first + BLOCK_COLUMNS, columns)
         W1 = W[:, first:last].clone()
@@ -78,11 +90,14 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: i
         E1 = torch.zeros_like(W1)
         H1 = Hinv[first:last, first:last]
         for i in range(last - first):
-            if group_size != -1 and (first + i) % group_size == 0:
+            if permutation is None and group_size != -1 and (first + i) % group_size == 0:
                 # The group's grid from its current (error-corrected) values.
                 scale, zero = grid_parameters(W1[:, i:i + group_size], bits, sym)
+                group = (first + i) // group_size
+                scales[:, group], zeros[:, group] = scale[:, 0], zero[:, 0]
+            group = int(order[first + i]) // size
             w = W1[:, i]
-            q = to_grid(w.unsqueeze(1), scale, zero, bits).squeeze(1)
+            q = to_grid(w.unsqueeze(1), scales[:, group:group + 1], zeros[:, group:group + 1], bits).squeeze(1)
             Q1[:, i] = q
             error = (w - q) / H1[i, i]
             W1[:, i:] -= error.unsqueeze(1) @ H1[i, i:].unsqueeze(0)
@@ -91,7 +106,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: i
         W[:, last:] -= E1 @ Hinv[first:last, last:]
     if permutation is not None:
         Q = Q[:, torch.argsort(permutation)]
-    return Q
+    return Q, scales, zeros
 
 
 def relative_output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:

@@ -8,9 +8,10 @@ Layers are quantized block by block (the decoder layers in order): each block's 
 per input channel of every planned Linear) are measured with the blocks before it already quantized, so later
 layers correct for earlier ones' error, as in the GPTQ paper. Each forward pass stops once the block has run.
 
-The weights are written back dequantized (the values on the quantized grid, in the checkpoint's own dtype), with
-no `quantization_config` in config.json: transformers would hand a GPTQ/AWQ config to GPTQModel, which cannot be
-installed here, so a packed checkpoint would not load. The version loads with plain `from_pretrained`.
+GPTQ with a symmetric grid is written as a compressed-tensors pack-quantized checkpoint (`packing.py`): int codes
+packed in int32, per-group scales, and a `quantization_config` that vLLM, SGLang and transformers (with
+compressed-tensors installed) read. Other results (AWQ, asymmetric grids; `packing.unpackable_reason` says why)
+are written dequantized: the grid values in the checkpoint's own dtype, no `quantization_config`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 from workers.pipelines.calibrated.awq import awq_quantize_weight
 from workers.pipelines.calibrated.gptq import gptq_quantize_weight, relative_output_error
+from workers.pipelines.calibrated.packing import FORMAT, pack_model, unpackable_reason, write_packed
 from workers.pipelines.calibrated.spec import (
     DEFAULT_CALIBRATION_SAMPLES,
     CalibratedQuantizeSpec,
@@ -214,6 +216,8 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
         raise PipelineInputError(f"calibration_samples is {spec.calibration_samples} but the calibration dataset "
                                  f"gives only {len(sequences)} usable texts; ask for fewer samples.")
     modules = dict(model.named_modules())
+    not_packed = unpackable_reason(spec, {name: modules[name].in_features for name in planned})
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     losses: dict[str, float] = {}
     alphas: dict[str, float] = {}
     tokens_used = 0
@@ -229,9 +233,11 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
                                                               bits=spec.bits, group_size=spec.group_size,
                                                               sym=spec.sym)
             else:
-                quantized = gptq_quantize_weight(linear.weight.data, hessians[name], bits=spec.bits,
-                                                 group_size=spec.group_size, damping=spec.damping, sym=spec.sym,
-                                                 desc_act=spec.desc_act)
+                quantized, scales, zeros = gptq_quantize_weight(
+                    linear.weight.data, hessians[name], bits=spec.bits, group_size=spec.group_size,
+                    damping=spec.damping, sym=spec.sym, desc_act=spec.desc_act)
+                if not_packed is None:
+                    grids[name] = (quantized.cpu(), scales.cpu(), zeros.cpu())
             losses[name] = relative_output_error(linear.weight.data, quantized, hessians[name])
             linear.weight.data.copy_(quantized.to(linear.weight.dtype))
         del hessians, mean_abs
@@ -242,17 +248,32 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         report(88, "Saving the quantized weights")
-        model.save_pretrained(str(staging), safe_serialization=True, max_shard_size=max_shard_size)
+        if not_packed is None:
+            ignore = [name for name in linear_module_names(model) if name not in grids]
+            compressor = pack_model(model, grids, spec, ignore)
+            write_packed(model, compressor, staging, max_shard_size=max_shard_size)
+            format_fields = {
+                "format": FORMAT,
+                "format_note": "compressed-tensors pack-quantized: int codes packed in int32 with per-group scales; "
+                               "config.json's quantization_config is what vLLM, SGLang and transformers read.",
+            }
+        else:
+            model.save_pretrained(str(staging), safe_serialization=True, max_shard_size=max_shard_size)
+            format_fields = {
+                "format": "dequantized",
+                "format_note": f"Weights hold the {spec.method.upper()} grid values dequantized to the checkpoint's "
+                               "dtype; config.json has no quantization_config, so the version loads with plain "
+                               f"from_pretrained. Not packed because {not_packed}.",
+            }
         copied = [name for name in TOKENIZER_FILES if (source_dir / name).is_file()]
         for name in copied:
             shutil.copy2(source_dir / name, staging / name)
         size_after = directory_weight_bytes(staging)
+        if not_packed is None:
+            packed = size_after  # the estimate's target, now measured on disk
         result = {
             "method": spec.method,
-            "format": "dequantized",
-            "format_note": f"Weights hold the {spec.method.upper()} grid values dequantized to the checkpoint's "
-                           "dtype; config.json has no quantization_config, so the version loads with plain "
-                           "from_pretrained (not yet a packed checkpoint for GPTQ/AWQ kernels).",
+            **format_fields,
             "bits": spec.bits,
             "group_size": spec.group_size,
             "damping": spec.damping,
@@ -260,7 +281,8 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
             "desc_act": spec.desc_act,
             "settings": {**asdict(spec), "skip_modules": list(spec.skip_modules), "keep": list(spec.keep)},
             "calibration": {"samples": len(sequences), "tokens": tokens_used, "max_length": spec.max_length},
-            "library_versions": {**library_versions(), spec.method: f"workers.pipelines.calibrated.{spec.method}"},
+            "library_versions": {**library_versions(*(("compressed_tensors",) if not_packed is None else ())),
+                                 spec.method: f"workers.pipelines.calibrated.{spec.method}"},
             "device": device_description(device),
             "dtype": dtype,
             "memory": memory,

@@ -67,12 +67,15 @@ def check_target_modules(model, target_modules: tuple[str, ...]) -> None:
 
 
 def quantization_of(config: dict) -> dict | None:
-    """The base's bitsandbytes settings from config.json, or None for a full-precision base."""
+    """The base's quantization (bitsandbytes or compressed-tensors) from config.json, or None for full precision."""
     quantization = config.get("quantization_config")
     if not quantization:
         return None
     method = quantization.get("quant_method", "unknown")
-    if quantization.get("load_in_4bit"):
+    if method == "compressed-tensors":  # our packed GPTQ: "compressed-tensors-int4"
+        bits = {group.get("weights", {}).get("num_bits") for group in quantization.get("config_groups", {}).values()}
+        method = f"{method}-int{'/'.join(str(b) for b in sorted(bits, key=str))}"
+    elif quantization.get("load_in_4bit"):
         method = f"{method}-{quantization.get('bnb_4bit_quant_type', '4bit')}"
     elif quantization.get("load_in_8bit"):
         method = f"{method}-int8"
