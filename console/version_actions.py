@@ -30,8 +30,8 @@ from registry.models import ModelVersion
 from workers import services as job_services
 from workers import sweep_services
 from workers.api import AnalysisRequestSerializer, EvaluationRequestSerializer, LoraRequestSerializer
-from workers.sweep_api import QuantizationSweepRequestSerializer
 from workers.merge_services import start_merge
+from workers.sweep_api import QuantizationSweepRequestSerializer
 
 
 def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
