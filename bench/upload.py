@@ -18,9 +18,9 @@
 
 3. Push (`push_ratio`): a four-shard checkpoint of `--push-mb` MiB in all (valid safetensors shards of random
    bytes, their index and a config.json) pushed `--push-repetitions` times with the project's client, `python -m
-   llmreg push DIR --model M` (a new version each time: SHA-256 of every file, upload, seal) as a subprocess,
-   timed whole, against the raw minio client putting the same four shards one after another (what an engineer
-   with a plain S3 client would do) and, for reference, all four at once from four threads. push_ratio is the
+   llmreg push DIR --model M` (a new version each time: upload with each file hashed on the way, seal) as a
+   subprocess, timed whole, against the raw minio client putting the same four shards one after another (what an
+   engineer with a plain S3 client would do) and, for reference, all four at once from four threads. push_ratio is the
    median per-round ratio of the client's MB/s to the sequential raw MB/s; push_ratio_vs_parallel_raw uses the
    parallel one. Each push leaves a sealed version of `--push-mb` MiB behind (sealed versions are immutable).
 
@@ -367,8 +367,8 @@ def push_figure(args, token: str, client, bucket: str, part_size: int, scratch: 
         "push_shards": len(paths),
         "push_repetitions": args.push_repetitions,
         "push_model": model,
-        "push_note": ("llmreg push (process start, SHA-256 of every file, upload, seal) timed whole; raw: minio "
-                      "put_object of the four shards, one after another (push_ratio) or from four threads"),
+        "push_note": ("llmreg push (process start, upload with each file hashed as it streams, seal) timed whole; "
+                      "raw: minio put_object of the four shards, one after another (push_ratio) or from four threads"),
     }
 
 

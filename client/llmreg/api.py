@@ -77,24 +77,32 @@ class Registry:
     def model_exists(self, model: str) -> bool:
         return self.request("GET", f"models/{quote(model)}/", expected=(200, 404)).status_code == 200
 
-    def upload_file(self, model: str, number: int, relative_path: str, local_path: Path,
-                    on_bytes=None) -> dict:
-        """PUT one file, streamed from disk, with its SHA-256 for the server to check; `on_bytes(n)` is told as
-        each chunk leaves."""
-        sha256 = file_sha256(local_path)
+    def upload_file(self, model: str, number: int, relative_path: str, local_path: Path, *,
+                    sha256: str | None = None, on_bytes=None) -> dict:
+        """PUT one file, read from disk once: hashed as it streams out, the hash compared with the one the
+        registry computed on arrival. `sha256`, when already known (a resumed push), goes as X-Content-SHA256 so
+        the registry itself refuses different bytes. `on_bytes(n)` is told as each chunk leaves."""
+        before = local_path.stat()
+        headers = {"Content-Type": "application/octet-stream"}
+        if sha256:
+            headers["X-Content-SHA256"] = sha256
         with open(local_path, "rb") as handle:
+            reader = _HashingReader(handle, before.st_size, on_bytes, relative_path)
             body = self.request(
                 "PUT", f"models/{quote(model)}/versions/{number}/files/{quote(relative_path)}",
-                data=_CountingReader(handle, local_path.stat().st_size, on_bytes),
-                headers={"X-Content-SHA256": sha256, "Content-Type": "application/octet-stream"},
-                expected=(200, 201),
+                data=reader, headers=headers, expected=(200, 201),
             ).json()
-        if body.get("sha256") != sha256:
-            raise RegistryError(f"{relative_path}: the registry stored SHA-256 {body.get('sha256')} but the local "
-                                f"file has {sha256}; upload it again.")
+        after = local_path.stat()
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise RegistryError(f"{relative_path} changed on disk while it was uploading, so the registry holds a "
+                                "mix of old and new bytes; push it again once it is written.")
+        sent = reader.digest.hexdigest()
+        if body.get("sha256") != sent:
+            raise RegistryError(f"{relative_path}: the registry stored SHA-256 {body.get('sha256')} but the bytes "
+                                f"sent have {sent}; upload it again.")
         return body
 
-    def download_file(self, model: str, number: int, item: dict, destination: Path) -> None:
+    def download_file(self, model: str, number: int, item: dict, destination: Path, on_bytes=None) -> None:
         """Follow the 302 to the presigned URL and stream the file to disk, checking its SHA-256."""
         redirect = self.request("GET", f"models/{quote(model)}/versions/{number}/files/{quote(item['path'])}",
                                 expected=(302,), allow_redirects=False)
@@ -110,7 +118,10 @@ class Registry:
                     for chunk in response.iter_content(CHUNK_BYTES):
                         digest.update(chunk)
                         handle.write(chunk)
+                        if on_bytes:
+                            on_bytes(len(chunk))
         except requests.RequestException as error:
+            partial.unlink(missing_ok=True)
             raise RegistryError(f"{item['path']}: download failed: {error}") from None
         if digest.hexdigest() != item["sha256"]:
             partial.unlink()
@@ -119,17 +130,30 @@ class Registry:
         partial.replace(destination)
 
 
-class _CountingReader:
-    """A file streamed as a request body (its length known, so it goes with Content-Length) that reports progress."""
+class _HashingReader:
+    """A file streamed as a request body (its length known, so it goes with Content-Length), hashed on the way.
 
-    def __init__(self, handle, size: int, on_bytes):
-        self.handle, self.size, self.on_bytes = handle, size, on_bytes
+    It hands out CHUNK_BYTES whatever size the HTTP library asks for (urllib3 asks for 16 KiB): a few large
+    reads and sends instead of 64 per MiB, each with its Python call, hash update and progress callback.
+    """
+
+    def __init__(self, handle, size: int, on_bytes, name: str):
+        self.handle, self.size, self.on_bytes, self.name = handle, size, on_bytes, name
+        self.remaining = size
+        self.digest = hashlib.sha256()
 
     def __len__(self) -> int:
         return self.size
 
     def read(self, amount: int = -1) -> bytes:
-        chunk = self.handle.read(amount if amount and amount > 0 else CHUNK_BYTES)
-        if chunk and self.on_bytes:
+        if not self.remaining:
+            return b""
+        chunk = self.handle.read(min(CHUNK_BYTES, self.remaining))
+        if not chunk:
+            raise RegistryError(f"{self.name} got shorter while it was uploading ({self.size - self.remaining} of "
+                                f"{self.size} bytes sent); push it again once it is written.")
+        self.remaining -= len(chunk)
+        self.digest.update(chunk)
+        if self.on_bytes:
             self.on_bytes(len(chunk))
         return chunk

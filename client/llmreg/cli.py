@@ -1,6 +1,7 @@
-"""`llmreg` commands: push, pull, job, quantize, analyse, lora, models.
+"""`llmreg` commands: push, pull, jobs, job, quantize, analyse, lora, models.
 
-Configuration comes from LLMREG_URL and LLMREG_TOKEN, or --url and --token. Exit code 0 on success, 1 when the
+The URL and token come from --url and --token, else LLMREG_URL and LLMREG_TOKEN, else the config file
+(~/.config/llmreg/config, or LLMREG_CONFIG). Exit code 0 on success, 1 when the
 registry refuses a request or a followed job does not succeed, 2 for bad command-line usage.
 """
 import argparse
@@ -10,9 +11,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from llmreg.api import Registry, RegistryError, file_sha256
+from llmreg.config import config_path, read_config
+from llmreg.progress import JobProgress, TransferProgress
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -23,7 +26,7 @@ def _version_path(model: str, number) -> str:
 
 def push(registry: Registry, args) -> int:
     directory = Path(args.directory)
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    files = {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
     if not files:
         raise RegistryError(f"{directory} holds no files to push.")
     stored: dict[str, dict] = {}
@@ -41,71 +44,66 @@ def push(registry: Registry, args) -> int:
             registry.post("models/", body)
         number = registry.post(f"models/{quote(args.model)}/versions/",
                                {"description": args.description or ""})["number"]
-    progress = PushProgress(files)
-    print(f"pushing {len(files)} files ({_megabytes(progress.total_bytes)}) to {args.model} v{number}; if it is cut "
-          f"short, resume with: llmreg push {directory} --model {args.model} --version {number}", file=sys.stderr)
+    sizes = {relative: path.stat().st_size for relative, path in files.items()}
+    resume = f"llmreg push {directory} --model {args.model} --version {number}"
+    print(f"pushing {len(files)} files ({_megabytes(sum(sizes.values()))}) to {args.model} v{number}; if it is cut "
+          f"short, resume with: {resume}", file=sys.stderr)
+    progress = TransferProgress(sizes, verb="uploaded")
     pending = []
-    for path in files:
-        relative = path.relative_to(directory).as_posix()
+    for relative, path in files.items():
         known = stored.get(relative)
-        if known and known["size"] == path.stat().st_size and known["sha256"] == file_sha256(path):
-            progress.file_done(relative, path.stat().st_size, skipped=True)
+        # Only a file already in the draft with the same size is worth hashing beforehand: the rest are hashed
+        # as they stream out, so each file is read from disk once.
+        local_sha256 = file_sha256(path) if known and known["size"] == sizes[relative] else None
+        if local_sha256 and local_sha256 == known["sha256"]:
+            progress.finish(relative, skipped=True)
         else:
-            pending.append((relative, path))
-    sessions = threading.local()
+            pending.append((relative, path, local_sha256))
 
-    def upload(relative: str, path: Path) -> None:
-        if not hasattr(sessions, "registry"):
-            sessions.registry = registry.clone()
-        sessions.registry.upload_file(args.model, number, relative, path, on_bytes=progress.sent)
-        progress.file_done(relative, path.stat().st_size)
-
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        futures = [pool.submit(upload, relative, path) for relative, path in pending]
+    def upload(registry: Registry, relative: str, path: Path, sha256: str | None) -> None:
+        progress.start(relative)
         try:
-            for future in as_completed(futures):
-                future.result()
-        except RegistryError as error:
-            for future in futures:
-                future.cancel()
-            raise RegistryError(f"{error}. The files that arrived stay in the draft: resume with "
-                                f"`llmreg push {directory} --model {args.model} --version {number}`.") from None
+            registry.upload_file(args.model, number, relative, path, sha256=sha256,
+                                 on_bytes=lambda count: progress.advance(relative, count))
+        except BaseException:
+            progress.fail(relative)
+            raise
+        progress.finish(relative)
+
+    try:
+        _in_parallel(registry, upload, pending, args.parallel)
+    except RegistryError as error:
+        raise RegistryError(f"{error}. The files that arrived stay in the draft: resume with `{resume}`.") from None
+    finally:
+        progress.close()
     registry.post(f"{_version_path(args.model, number)}/seal")
     print(number)
     return 0
 
 
+def _in_parallel(registry: Registry, work, items: list[tuple], parallel: int) -> None:
+    """`work(registry, *item)` for every item, `parallel` at a time, each thread with its own HTTP session; the
+    first error is raised once the files already in flight have ended (the queued ones are not started)."""
+    sessions = threading.local()
+
+    def run(item: tuple) -> None:
+        if not hasattr(sessions, "registry"):
+            sessions.registry = registry.clone()
+        work(sessions.registry, *item)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        futures = [pool.submit(run, item) for item in items]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _megabytes(count: int) -> str:
     return f"{count / 1e6:,.1f} MB"
-
-
-class PushProgress:
-    """Progress of a push on stderr: each file as it completes, and the overall bytes every few percent."""
-
-    def __init__(self, files: list[Path]):
-        self.total_files = len(files)
-        self.total_bytes = sum(p.stat().st_size for p in files) or 1
-        self.files_done = self.bytes_done = 0
-        self._last_percent = -1
-        self._lock = threading.Lock()
-
-    def sent(self, count: int) -> None:
-        with self._lock:
-            self.bytes_done += count
-            percent = int(100 * self.bytes_done / self.total_bytes)
-            finished = self.bytes_done >= self.total_bytes and percent != self._last_percent
-            if percent >= self._last_percent + 5 or finished:
-                self._last_percent = percent
-                print(f"  {percent:3d}% {_megabytes(self.bytes_done)} of {_megabytes(self.total_bytes)}",
-                      file=sys.stderr)
-
-    def file_done(self, relative: str, size: int, *, skipped: bool = False) -> None:
-        with self._lock:
-            self.files_done += 1
-            if skipped:
-                self.bytes_done += size
-            what = "skipped (already uploaded with the same SHA-256)" if skipped else "uploaded"
-            print(f"[{self.files_done}/{self.total_files}] {what} {relative} ({size} bytes)", file=sys.stderr)
 
 
 def resolve_version(registry: Registry, model: str, version_or_alias: str) -> int:
@@ -119,27 +117,41 @@ def pull(registry: Registry, args) -> int:
     detail = registry.get(f"{_version_path(args.model, number)}/")
     destination = Path(args.directory)
     root = destination.resolve()
+    targets = []
     for item in detail["files"]:
         target = (destination / item["path"]).resolve()
         if root not in target.parents:  # the server validates paths; never write outside DIR whatever it says
             raise RegistryError(f"refusing to write {item['path']!r} outside {destination}.")
-        registry.download_file(args.model, number, item, target)
-        print(f"downloaded {item['path']} ({item['size']} bytes)", file=sys.stderr)
+        targets.append((item, target))
+    progress = TransferProgress({item["path"]: item["size"] for item in detail["files"]}, verb="downloaded")
+
+    def download(registry: Registry, item: dict, target: Path) -> None:
+        progress.start(item["path"])
+        try:
+            registry.download_file(args.model, number, item, target,
+                                   on_bytes=lambda count: progress.advance(item["path"], count))
+        except BaseException:
+            progress.fail(item["path"])
+            raise
+        progress.finish(item["path"])
+
+    try:
+        _in_parallel(registry, download, targets, args.parallel)
+    finally:
+        progress.close()
     print(number)
     return 0
 
 
 def follow_job(registry: Registry, job_id, *, interval: float = 1.0) -> int:
-    last = None
+    progress = JobProgress(job_id)
     while True:
         job = registry.get(f"jobs/{job_id}")
-        line = f"job {job['id']} {job['status']} {job.get('progress', 0)}% {job.get('message') or ''}".rstrip()
-        if line != last:
-            print(line, file=sys.stderr)
-            last = line
+        progress.show(job)
         if job["status"] in FINISHED:
             break
         time.sleep(interval)
+    progress.close(job)
     if job["status"] != "succeeded":
         print(f"error: job {job['id']} {job['status']}: {job.get('error') or 'no error recorded'}", file=sys.stderr)
         return 1
@@ -148,12 +160,26 @@ def follow_job(registry: Registry, job_id, *, interval: float = 1.0) -> int:
     return 0
 
 
+def _job_line(body: dict) -> str:
+    return (f"{body['id']}\t{body.get('kind', '')}\t{body['status']}\t{body.get('progress', 0)}%\t"
+            f"{body.get('message') or ''}").rstrip()
+
+
 def job(registry: Registry, args) -> int:
     if args.follow:
         return follow_job(registry, args.id, interval=args.interval)
     body = registry.get(f"jobs/{args.id}")
-    print(f"job {body['id']} {body['status']} {body.get('progress', 0)}% {body.get('message') or ''}".rstrip())
+    print(_job_line(body))
     return 0 if body["status"] != "failed" else 1
+
+
+def jobs(registry: Registry, args) -> int:
+    """The most recent jobs (one page), newest first, optionally of one status, kind or model."""
+    query = {"limit": args.limit, "status": args.status, "kind": args.kind, "model": args.model}
+    rows = registry.get("jobs/?" + urlencode({key: value for key, value in query.items() if value}))
+    for row in rows:
+        print(_job_line(row))
+    return 0
 
 
 def _start_job(registry: Registry, args, endpoint: str, body: dict) -> int:
@@ -199,8 +225,8 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmreg", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("LLMREG_URL"), help="registry base URL (LLMREG_URL)")
-    parser.add_argument("--token", default=os.environ.get("LLMREG_TOKEN"), help="API token (LLMREG_TOKEN)")
+    parser.add_argument("--url", help="registry base URL (default: LLMREG_URL, else the config file's url)")
+    parser.add_argument("--token", help="API token (default: LLMREG_TOKEN, else the config file's token)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     command = commands.add_parser("push", help="upload a directory as a new sealed version; prints its number")
@@ -216,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("model")
     command.add_argument("version", metavar="VERSION|ALIAS")
     command.add_argument("directory")
+    command.add_argument("--parallel", type=int, default=4, help="files downloaded at once (default 4)")
     command.set_defaults(handler=pull)
 
     command = commands.add_parser("job", help="show a job; --follow waits for it")
@@ -223,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--follow", action="store_true")
     command.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     command.set_defaults(handler=job)
+
+    command = commands.add_parser("jobs", help="list recent jobs, newest first")
+    command.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    command.add_argument("--kind")
+    command.add_argument("--model")
+    command.add_argument("--limit", type=int, default=20)
+    command.set_defaults(handler=jobs)
 
     command = commands.add_parser("quantize", help="start a quantization job; prints the job id")
     _job_arguments(command)
@@ -263,11 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.url:
-        print("error: set LLMREG_URL or pass --url with the registry's base URL.", file=sys.stderr)
+    try:
+        config = read_config()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    url = args.url or os.environ.get("LLMREG_URL") or config.get("url")
+    token = args.token or os.environ.get("LLMREG_TOKEN") or config.get("token")
+    if not url:
+        print("error: set LLMREG_URL, pass --url or write url = ... in the config file "
+              f"({config_path()}).", file=sys.stderr)
         return 2
     try:
-        return args.handler(Registry(args.url, args.token), args)
+        return args.handler(Registry(url, token), args)
     except RegistryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -21,9 +21,13 @@ def llmreg(web_server, e2e_users):
     token = Token.objects.get_or_create(user=e2e_users["engineer"])[0].key
     env = {**os.environ, "PYTHONPATH": str(CLIENT_DIR), "LLMREG_URL": web_server, "LLMREG_TOKEN": token}
 
-    def run(*args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "llmreg", *map(str, args)], env=env, capture_output=True,
+    def run(*args, env_overrides: dict | None = None) -> subprocess.CompletedProcess:
+        run_env = {**env, **(env_overrides or {})}
+        run_env = {key: value for key, value in run_env.items() if value is not None}
+        return subprocess.run([sys.executable, "-m", "llmreg", *map(str, args)], env=run_env, capture_output=True,
                               text=True, timeout=300, cwd=CLIENT_DIR)
+
+    run.token = token
 
     return run
 
@@ -48,9 +52,18 @@ def test_push_then_pull_by_version_returns_the_same_bytes(llmreg, unique, sharde
     pushed = llmreg("push", sharded_model_dir, "--model", model, "--description", "sharded tiny llama")
     assert pushed.returncode == 0, pushed.stderr
     assert pushed.stdout.strip() == "1"
+    # Not a terminal (a CI log): plain lines, no bars: each file as it completes, the overall bytes by steps
+    # naming the files in flight, then the total.
+    count = len(_files(sharded_model_dir))
+    for name in _files(sharded_model_dir):
+        assert f"/{count}] uploaded {name} (" in pushed.stderr
+    assert "in flight: " in pushed.stderr and " 100% " in pushed.stderr
+    assert "\r" not in pushed.stderr
+    assert pushed.stderr.rstrip().splitlines()[-1].startswith("uploaded ")
 
     pulled = llmreg("pull", model, "1", tmp_path / "pulled")
     assert pulled.returncode == 0, pulled.stderr
+    assert f"[{count}/{count}] downloaded " in pulled.stderr
     assert _files(tmp_path / "pulled") == _files(sharded_model_dir)
     AutoModelForCausalLM.from_pretrained(tmp_path / "pulled")
 
@@ -67,11 +80,18 @@ def test_a_cut_short_push_resumes_into_its_draft_skipping_what_arrived(llmreg, e
     shard = sorted(sharded_model_dir.glob("*.safetensors"))[0]
     assert api.put(f"/api/v1/models/{model}/versions/1/files/{shard.name}", data=shard.read_bytes(),
                    content_type="application/octet-stream").status_code == 201  # what arrived before the cut
+    other = sorted(sharded_model_dir.glob("*.safetensors"))[1]
+    stale = bytearray(other.read_bytes())
+    stale[-1] ^= 0xFF  # same path and size, other bytes: an older export of the same shard
+    assert api.put(f"/api/v1/models/{model}/versions/1/files/{other.name}", data=bytes(stale),
+                   content_type="application/octet-stream").status_code == 201
 
     resumed = llmreg("push", sharded_model_dir, "--model", model, "--version", 1, "--parallel", 3)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == "1"
     assert f"skipped (already uploaded with the same SHA-256) {shard.name}" in resumed.stderr
+    assert f"uploaded {other.name}" in resumed.stderr and f"skipped (already uploaded with the same SHA-256) " \
+        f"{other.name}" not in resumed.stderr
     assert "100%" in resumed.stderr
     pulled = llmreg("pull", model, "1", tmp_path / "pulled")
     assert pulled.returncode == 0, pulled.stderr
@@ -134,3 +154,80 @@ def test_failed_lora_job_followed_by_the_client_exits_non_zero(llmreg, worker, e
 
     shown = llmreg("job", job_id, "--follow")
     assert shown.returncode == 1 and "no_such_proj" in shown.stderr
+
+    listed = llmreg("jobs", "--model", model, "--status", "failed")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split("\t")[:3] for line in listed.stdout.splitlines()] == [[job_id, "lora", "failed"]]
+
+
+def test_a_corrupt_download_is_refused_and_not_left_in_the_directory(llmreg, e2e_users, unique, sharded_model_dir,
+                                                                    tmp_path):
+    from registry.models import VersionFile
+
+    model = f"client-{unique}"
+    api = client_for(e2e_users["engineer"])
+    assert api.post("/api/v1/models/", {"name": model}, format="json").status_code == 201
+    assert api.post(f"/api/v1/models/{model}/versions/", {}, format="json").status_code == 201
+    shard = sorted(sharded_model_dir.glob("*.safetensors"))[0]
+    assert api.put(f"/api/v1/models/{model}/versions/1/files/{shard.name}", data=shard.read_bytes(),
+                   content_type="application/octet-stream").status_code == 201
+    # The bytes in storage no longer match what the registry recorded (bit rot, a tampered object). A draft,
+    # because the database refuses any change to a sealed version's files.
+    VersionFile.objects.filter(version__model__name=model, path=shard.name).update(sha256="0" * 64)
+
+    pulled = llmreg("pull", model, "1", tmp_path / "pulled")
+    assert pulled.returncode == 1
+    assert f"error: {shard.name}: downloaded bytes have SHA-256" in pulled.stderr and "corrupt" in pulled.stderr
+    assert not (tmp_path / "pulled" / shard.name).exists()
+    assert not list((tmp_path / "pulled").glob("*.partial"))
+
+
+def _registry_client(web_server: str, token: str):
+    sys.path.insert(0, str(CLIENT_DIR))
+    from llmreg.api import Registry, RegistryError
+
+    return Registry(web_server, token), RegistryError
+
+
+@pytest.mark.parametrize("change", ["appended", "truncated"])
+def test_a_file_changed_on_disk_while_it_uploads_is_reported_not_accepted(llmreg, web_server, e2e_users, unique,
+                                                                          tmp_path, change):
+    """Each file is read once, hashed as it streams out; a file rewritten meanwhile must not pass for the file."""
+    api = client_for(e2e_users["engineer"])
+    model = f"client-{unique}"
+    assert api.post("/api/v1/models/", {"name": model}, format="json").status_code == 201
+    assert api.post(f"/api/v1/models/{model}/versions/", {}, format="json").status_code == 201
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    registry, RegistryError = _registry_client(web_server, llmreg.token)
+
+    def rewrite_after_first_chunk(count, done=[]):
+        if not done:
+            done.append(count)
+            with open(path, "ab" if change == "appended" else "r+b") as handle:
+                handle.write(b"more") if change == "appended" else handle.truncate(1024)
+
+    with pytest.raises(RegistryError) as raised:
+        registry.upload_file(model, 1, "weights.bin", path, on_bytes=rewrite_after_first_chunk)
+    if change == "appended":
+        assert "changed on disk while it was uploading" in str(raised.value)
+    else:
+        assert "got shorter while it was uploading" in str(raised.value)
+        # The body ended early: the registry stored nothing.
+        assert api.get(f"/api/v1/models/{model}/versions/1/").json()["files"] == []
+
+
+def test_token_and_url_from_a_config_file_that_only_its_owner_can_read(llmreg, unique, tmp_path):
+    config = tmp_path / "llmreg.conf"
+    env = {"LLMREG_TOKEN": None, "LLMREG_CONFIG": str(config)}
+    config.write_text(f"[llmreg]\ntoken = {llmreg.token}\n")
+    config.chmod(0o600)
+    listed = llmreg("models", env_overrides=env)
+    assert listed.returncode == 0, listed.stderr
+
+    config.chmod(0o644)
+    refused = llmreg("models", env_overrides=env)
+    assert refused.returncode == 2 and "others can read it" in refused.stderr
+
+    missing = llmreg("models", env_overrides={"LLMREG_TOKEN": None, "LLMREG_CONFIG": str(tmp_path / "none")})
+    assert missing.returncode == 1 and ("error: 401" in missing.stderr or "error: 403" in missing.stderr)
