@@ -21,7 +21,12 @@ from workers.pipelines.analysis.logits import (
     log_prob_blocks,
     model_logits,
 )
-from workers.pipelines.analysis.module_errors import Float32Scratch, ModuleOutputErrors, weight_relative_errors
+from workers.pipelines.analysis.module_errors import (
+    Float32Scratch,
+    ModuleOutputErrors,
+    serial_on_cpu,
+    weight_relative_errors,
+)
 from workers.pipelines.analysis.statistics import Moments
 
 
@@ -116,7 +121,9 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
             errors[name].candidate_input_dtype = own_input.dtype
             # "Local" error: this module alone, fed exactly what the reference module saw.
             local_input = reference_input.to(device=own_input.device, dtype=own_input.dtype)
-            if _same_values(local_input, own_input):
+            with serial_on_cpu(own_input.device):
+                same_input = _same_values(local_input, own_input)
+            if same_input:
                 local_output = output  # it saw that already (the first layer's inputs, a version against a copy)
             else:
                 busy["local"] = True
@@ -124,7 +131,8 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
                     local_output = module(local_input)
                 finally:
                     busy["local"] = False
-            errors[name].add(reference_output, local_output, output, scratch)
+            with serial_on_cpu(reference_output.device):
+                errors[name].add(reference_output, local_output, output, scratch)
 
         return hook
 
@@ -212,9 +220,14 @@ class _ReplayedLayers:
 
 
 def _same_values(first: torch.Tensor, second: torch.Tensor) -> bool:
-    """Whether two inputs are equal, asked on a CPU only: on a GPU the answer would stop it at every module."""
-    return (first is second or (first.device.type == "cpu" and first.shape == second.shape
-                                and torch.equal(first, second)))
+    """Whether two inputs are equal, asked on a CPU only (on a GPU the answer would stop it at every module); the
+    first position's values, which differ after the first changed layer, are compared before all of them."""
+    if first is second:
+        return True
+    if first.device.type != "cpu" or first.shape != second.shape or first.numel() == 0:
+        return False
+    head = first.shape[-1]
+    return torch.equal(first.reshape(-1)[:head], second.reshape(-1)[:head]) and torch.equal(first, second)
 
 
 def _linear_input(args, kwargs) -> torch.Tensor:

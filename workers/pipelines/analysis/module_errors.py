@@ -14,10 +14,26 @@ LoRA deltas.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
 from workers.pipelines.analysis.logits import LOG_PROB_ELEMENTS_PER_BLOCK, STATISTICS_ELEMENTS_PER_BLOCK
+
+
+@contextmanager
+def serial_on_cpu(device: torch.device):
+    """Torch ops on a CPU run in the calling thread within: ops on cache-sized blocks cost less than waking the
+    other threads, and far less when those are busy elsewhere (each op then waits for all of them)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class Float32Scratch:
@@ -111,20 +127,31 @@ def weight_relative_errors(pairs: dict[str, tuple[torch.nn.Module, torch.nn.Modu
     one cannot be had or the shapes differ. All sums are read back together, at the end."""
     scratch = Float32Scratch()
     sums: dict[str, torch.Tensor | None] = {}
-    for name, (reference_unit, candidate_unit) in pairs.items():
-        reference_weight = _effective_weight(reference_unit)
-        candidate_weight = _effective_weight(candidate_unit)
-        if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
-            sums[name] = None
-            continue
-        sums[name] = _weight_sums(reference_weight.reshape(reference_weight.shape[0], -1),
-                                  candidate_weight.reshape(candidate_weight.shape[0], -1), scratch)
+    with serial_on_cpu(_device_of(pairs)):
+        for name, (reference_unit, candidate_unit) in pairs.items():
+            sums[name] = _pair_weight_sums(reference_unit, candidate_unit, scratch)
     read = {name: value.tolist() for name, value in sums.items() if value is not None}
     errors = {}
     for name in sums:
         difference, reference_norm = read.get(name, (0.0, 0.0))
         errors[name] = math.sqrt(difference / reference_norm) if reference_norm > 0 else None
     return errors
+
+
+def _device_of(pairs) -> torch.device:
+    for reference_unit, _ in pairs.values():
+        for parameter in reference_unit.parameters():
+            return parameter.device
+    return torch.device("cpu")
+
+
+def _pair_weight_sums(reference_unit, candidate_unit, scratch: Float32Scratch) -> torch.Tensor | None:
+    reference_weight = _effective_weight(reference_unit)
+    candidate_weight = _effective_weight(candidate_unit)
+    if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
+        return None
+    return _weight_sums(reference_weight.reshape(reference_weight.shape[0], -1),
+                        candidate_weight.reshape(candidate_weight.shape[0], -1), scratch)
 
 
 def _weight_sums(reference_weight, candidate_weight, scratch: Float32Scratch) -> torch.Tensor:
