@@ -1,6 +1,6 @@
 """The analysis pipeline's cost against bare forward passes of the two models it compares, and its memory.
 
-    .venv/bin/python bench/analysis.py [--repetitions 5] [--max-tokens 8192] [--layer-tokens 512] ...
+    .venv/bin/python bench/analysis.py [--repetitions 5] [--max-tokens 8192] [--layer-tokens 512] [--models DIR] ...
 
 Measured on the pipeline (workers.pipelines.analysis.analyse_models), in this process, on a tiny Llama
 (workers.pipelines.tiny_model, trained a few steps so its predictions are peaked) as reference and its NF4
@@ -227,6 +227,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--context", type=int, default=512, help="max_position_embeddings = chunk length")
     parser.add_argument("--train-steps", type=int, default=30)
+    parser.add_argument("--models", type=Path, help="reuse reference/ and candidate-nf4/ built there by an earlier "
+                        "run (the shape flags are then ignored); built there when missing")
     args = parser.parse_args()
 
     import torch
@@ -237,8 +239,11 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
     scratch = Path(tempfile.mkdtemp(prefix="bench-analysis-"))
     try:
-        log(f"building a tiny Llama (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}) and its NF4")
-        reference, candidate = build_models(scratch, args)
+        models = args.models or scratch
+        reference, candidate = models / "reference", models / "candidate-nf4"
+        if not (candidate / "config.json").exists():
+            log(f"building a tiny Llama (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}) and its NF4")
+            reference, candidate = build_models(models, args)
         reference_model, candidate_model, tokenizer = load_pair(reference, candidate)
         params = sum(parameter.numel() for parameter in reference_model.parameters())
         warm_up(reference_model, candidate_model)

@@ -7,22 +7,25 @@ ablations reuse the reference logits of the capture pass and its decoder-layer o
 sequences, like those logits): the layers before the ablated module replay their recorded outputs, so only the
 rest of the model runs again, with results identical to a whole pass.
 
-Weight errors compare the effective dense weights, dequantizing bitsandbytes' 4- and 8-bit layers and adding
-LoRA deltas.
+The candidate's modules are compared as the candidate's pass reaches them; the sums and weight errors are in
+module_errors (float32 row blocks added in float64, reused buffers, read back once).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from workers.pipelines.analysis.logits import (
-    LOG_PROB_ELEMENTS_PER_BLOCK,
     STATISTICS_ELEMENTS_PER_BLOCK,
     kl_divergence,
     log_prob_blocks,
     model_logits,
+)
+from workers.pipelines.analysis.module_errors import (
+    Float32Scratch,
+    ModuleOutputErrors,
+    serial_on_cpu,
+    weight_relative_errors,
 )
 from workers.pipelines.analysis.statistics import Moments
 
@@ -45,68 +48,12 @@ def _linear_units(model) -> dict[str, torch.nn.Module]:
     return units
 
 
-class _LayerError:
-    """Sums over the layer-phase tokens for one module, in float64.
-
-    The sums stay on the module's device and are read back once, in result(): a read per sum and sequence
-    would stop the GPU at every Linear of the model (five host synchronisations per module) and leave it idle
-    between them. Same float64 arithmetic either way.
-    """
-
-    SUMS = ("reference_energy", "local_energy", "local_error", "local_dot", "propagated_error")
-
-    def __init__(self):
-        self.sums: torch.Tensor | None = None  # SUMS, in that order
-        self.channel_error: torch.Tensor | None = None
-        self.candidate_input_dtype: torch.dtype | None = None
-
-    def add(self, reference_output, local_output, own_output) -> None:
-        reference = reference_output.reshape(-1, reference_output.shape[-1]).to(torch.float64)
-        local = local_output.reshape(-1, local_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
-        own = own_output.reshape(-1, own_output.shape[-1]).to(device=reference.device, dtype=torch.float64)
-        # Sums of products as float64 dot products: one pass each, no temporaries.
-        reference_flat, local_flat = reference.reshape(-1), local.reshape(-1)
-        channel_error = (local - reference).square_().sum(0)
-        self.channel_error = channel_error if self.channel_error is None else self.channel_error + channel_error
-        propagated = (own - reference).reshape(-1)
-        sums = torch.stack((
-            torch.dot(reference_flat, reference_flat),
-            torch.dot(local_flat, local_flat),
-            channel_error.sum(),
-            torch.dot(local_flat, reference_flat),
-            torch.dot(propagated, propagated),
-        ))
-        self.sums = sums if self.sums is None else self.sums + sums
-
-    def result(self, name: str, weight_relative_error: float | None) -> dict:
-        values = self.sums.tolist() if self.sums is not None else [0.0] * len(self.SUMS)
-        reference_energy, local_energy, local_error, local_dot, propagated_error = values
-        relative_error = local_error / reference_energy if reference_energy > 0 else None
-        norms = math.sqrt(local_energy * reference_energy)
-        return {
-            "name": name,
-            "relative_error": relative_error,
-            "relative_error_propagated": propagated_error / reference_energy if reference_energy > 0 else None,
-            "cosine": max(-1.0, min(1.0, local_dot / norms)) if norms > 0 else None,
-            # Infinite SQNR (no error at all) is reported as null: JSON has no infinity.
-            "sqnr_db": 10 * math.log10(1 / relative_error) if relative_error else None,
-            "max_error_channel": (
-                int(self.channel_error.argmax()) if self.channel_error is not None and local_error > 0 else None
-            ),
-            "weight_relative_error": weight_relative_error,
-            "ablation_kl": None,
-        }
-
-
 def weight_errors(reference_model, candidate_model) -> dict[str, float | None]:
     """Relative weight error of every Linear module the two models share, by name."""
     reference_units = _linear_units(reference_model)
     candidate_units = _linear_units(candidate_model)
-    return {
-        name: _weight_relative_error(unit, candidate_units[name])
-        for name, unit in reference_units.items()
-        if name in candidate_units
-    }
+    return weight_relative_errors({name: (unit, candidate_units[name]) for name, unit in reference_units.items()
+                                   if name in candidate_units})
 
 
 def layer_errors(reference_model, candidate_model, sequences, weight_errors, ablation_top_n, device,
@@ -117,7 +64,7 @@ def layer_errors(reference_model, candidate_model, sequences, weight_errors, abl
     names = [name for name in reference_units if name in candidate_units]
     if not names or not sequences:
         return []
-    errors = {name: _LayerError() for name in names}
+    errors = {name: ModuleOutputErrors() for name in names}
     # The capture passes' logits (their hooks change nothing) and decoder-layer outputs, reused by the ablations.
     stack, stack_positions = _decoder_stack(reference_model, reference_units) if ablation_top_n > 0 else (None, {})
     reference_logits, stack_outputs = [], []
@@ -157,6 +104,7 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
     # (Llama, Mistral, Qwen) never modify them in place after the Linear returns.
     captured: dict[str, list] = {name: [] for name in names}
     busy = {"local": False}
+    scratch = Float32Scratch()
 
     def capture(name):
         def hook(module, args, kwargs, output):
@@ -171,13 +119,20 @@ def _accumulate_layer_errors(reference_model, candidate_model, reference_units, 
             reference_input, reference_output = captured[name].pop(0)
             own_input = _linear_input(args, kwargs)
             errors[name].candidate_input_dtype = own_input.dtype
-            busy["local"] = True
-            try:
-                # "Local" error: this module alone, fed exactly what the reference module saw.
-                local_output = module(reference_input.to(device=own_input.device, dtype=own_input.dtype))
-            finally:
-                busy["local"] = False
-            errors[name].add(reference_output, local_output, output)
+            # "Local" error: this module alone, fed exactly what the reference module saw.
+            local_input = reference_input.to(device=own_input.device, dtype=own_input.dtype)
+            with serial_on_cpu(own_input.device):
+                same_input = _same_values(local_input, own_input)
+            if same_input:
+                local_output = output  # it saw that already (the first layer's inputs, a version against a copy)
+            else:
+                busy["local"] = True
+                try:
+                    local_output = module(local_input)
+                finally:
+                    busy["local"] = False
+            with serial_on_cpu(reference_output.device):
+                errors[name].add(reference_output, local_output, output, scratch)
 
         return hook
 
@@ -264,6 +219,17 @@ class _ReplayedLayers:
         return forward
 
 
+def _same_values(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether two inputs are equal, asked on a CPU only (on a GPU the answer would stop it at every module); the
+    first position's values, which differ after the first changed layer, are compared before all of them."""
+    if first is second:
+        return True
+    if first.device.type != "cpu" or first.shape != second.shape or first.numel() == 0:
+        return False
+    head = first.shape[-1]
+    return torch.equal(first.reshape(-1)[:head], second.reshape(-1)[:head]) and torch.equal(first, second)
+
+
 def _linear_input(args, kwargs) -> torch.Tensor:
     if args:
         return args[0]
@@ -310,71 +276,3 @@ def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_inpu
     finally:
         handle.remove()
     return moments.mean
-
-
-def _weight_relative_error(reference_unit, candidate_unit) -> float | None:
-    """||W_c - W_r|| / ||W_r|| on the effective dense weights; None when one cannot be had or shapes differ."""
-    reference_weight = _effective_weight(reference_unit)
-    candidate_weight = _effective_weight(candidate_unit)
-    if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
-        return None
-    sums = torch.zeros(2, dtype=torch.float64, device=reference_weight.device)  # read back once, after the loop
-    rows = max(1, LOG_PROB_ELEMENTS_PER_BLOCK // max(1, reference_weight.shape[-1]))
-    for start in range(0, reference_weight.shape[0], rows):
-        reference_rows = reference_weight[start : start + rows].to(torch.float64)
-        candidate_rows = candidate_weight[start : start + rows].to(device=reference_rows.device, dtype=torch.float64)
-        sums += torch.stack(((candidate_rows - reference_rows).square().sum(), reference_rows.square().sum()))
-    difference, reference_norm = sums.tolist()
-    if reference_norm == 0:
-        return None
-    return math.sqrt(difference / reference_norm)
-
-
-def _effective_weight(module) -> torch.Tensor | None:
-    """The dense (out, in) weight a Linear, bitsandbytes or LoRA layer applies; None when it cannot be had."""
-    try:
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
-            weight = _effective_weight(module.base_layer)
-            if weight is None:
-                return None
-            if not getattr(module, "merged", False) and not getattr(module, "disable_adapters", False):
-                for adapter in module.active_adapters:
-                    if adapter in module.lora_A:
-                        weight = weight.float() + module.get_delta_weight(adapter).to(weight.device).float()
-            return weight
-        weight = module.weight
-        quant_state = getattr(weight, "quant_state", None)
-        if quant_state is not None:  # bitsandbytes Linear4bit (NF4 / FP4)
-            if getattr(quant_state, "packing_format_for_cpu", False):
-                return _dequantize_cpu_packed_4bit(weight.data, quant_state)
-            import bitsandbytes.functional as bnb_functional
-
-            return bnb_functional.dequantize_4bit(weight.data, quant_state)
-        if weight.dtype == torch.int8:  # bitsandbytes Linear8bitLt: row-wise absmax scales in SCB
-            scales = getattr(weight, "SCB", None)
-            if scales is None:
-                scales = getattr(getattr(module, "state", None), "SCB", None)
-            if scales is None:
-                return None
-            return weight.data.float() * (scales.float().unsqueeze(-1) / 127.0)
-        if not weight.dtype.is_floating_point:
-            return None
-        return weight.data
-    except (AttributeError, RuntimeError, TypeError, ValueError, KeyError):
-        return None
-
-
-def _dequantize_cpu_packed_4bit(packed: torch.Tensor, quant_state) -> torch.Tensor:
-    """Dense weight of a 4-bit layer bitsandbytes repacked for its AVX512-BF16 CPU kernel.
-
-    Mirrors bitsandbytes.functional._convert_weight_packed_for_cpu (0.50): nibbles interleaved in blocks of 32
-    output rows, absmax as (in / blocksize, out) bfloat16. Its own inverse is not used: it mutates the layer.
-    """
-    rows, half_columns = packed.shape
-    block_rows = 32
-    nibbles = packed.reshape(-1, 32)
-    codes = torch.cat([nibbles & 0xF, (nibbles >> 4) & 0xF], dim=-1)
-    codes = codes.reshape(rows // block_rows, half_columns, block_rows, 2).transpose(1, 2).reshape(rows, -1)
-    absmax = quant_state.absmax.to(torch.float32).T  # (out, in / blocksize)
-    values = quant_state.code.to(torch.float32)[codes.long()]
-    return (values.reshape(rows, -1, quant_state.blocksize) * absmax.unsqueeze(-1)).reshape(rows, -1)
