@@ -346,8 +346,9 @@ def gptq_part(api: Api, args, scratch: Path) -> dict:
 
 
 def add_gptq_arguments(parser) -> None:
-    # About 12 M parameters: GPTQ rounds column by column, ~20 s a run on a busy 2-core CPU at this size; widths
-    # are multiples of the group size so the output is packed (compressed-tensors), the default format.
+    # About 6 M parameters: GPTQ rounds column by column, ~10 s a run on a busy 2-core CPU at this size (the NF4
+    # model would take minutes); widths are multiples of the group size, so the output is packed
+    # (compressed-tensors), the default format.
     parser.add_argument("--gptq-repetitions", type=int, default=3)
     parser.add_argument("--gptq-hidden", type=int, default=256)
     parser.add_argument("--gptq-intermediate", type=int, default=768)
