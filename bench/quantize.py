@@ -1,6 +1,7 @@
-"""A whole NF4 quantize job through the API against a bare bitsandbytes load + save of the same model.
+"""A whole quantize job through the API against the bare quantize + save of the same model: NF4 against a
+bitsandbytes load + save, GPTQ against our own pipeline's GPTQ called in this process.
 
-    .venv/bin/python bench/quantize.py [--repetitions 5] [--hidden 1024] [--layers 12] ...
+    .venv/bin/python bench/quantize.py [--methods nf4,gptq] [--repetitions 5] [--hidden 1024] [--layers 12] ...
 
 Builds a tiny Llama (workers.pipelines.tiny_model, random weights; quantization time does not depend on their
 values), registers and seals it through the API, then alternates, `--repetitions` times each:
