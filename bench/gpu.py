@@ -1,6 +1,7 @@
 """The pipelines on a GPU beside the bare library calls, on a 7B-shaped Llama (for a lent GPU machine).
 
     .venv/bin/python bench/gpu.py [--shape 7b|tiny] [--analysis-tokens 16384] [--layer-tokens 512] [--lora-steps 20]
+                                  [--gptq-samples 16] [--gptq-length 512]
 
 Without a CUDA device it prints {"skipped": "no CUDA device", ...} and exits 0 (`--shape tiny --device cpu` runs
 every step on a tiny model instead, to check the script itself on any machine; its figures mean nothing).
@@ -18,6 +19,10 @@ the bare calls it stands for, on the same files and data:
   0, timed around the pipeline's own calls) ÷ one bare forward pass of both models over the same layer tokens.
 - lora_steps_ratio: train_lora's steps/s (its metadata, training loop only) ÷ a bare peft loop (r 8 on
   q/k/v, batch 4 x 512 tokens, AdamW) on the NF4 version with the same batches.
+- gptq_s: workers.pipelines.calibrated.run.quantize_calibrated_version (GPTQ 4-bit, group 128, symmetric: a
+  compressed-tensors pack-quantized checkpoint) on the bf16 model with `--gptq-samples` calibration texts of
+  `--gptq-length` tokens, timed once after the other stages (their runs have warmed CUDA up). No GPTQ library
+  installs beside our pins (see run.py), so there is no bare call beside it; `--gptq-samples 0` skips it.
 - peak_gpu_mb: the largest torch.cuda.max_memory_allocated reading of the run (taken after every step, since
   each pipeline resets the statistics when it starts); the pipelines' own peak_gpu_bytes per step beside it.
 
@@ -273,6 +278,41 @@ def time_bare_lora(base: Path, records: list[dict], args, device: str) -> float:
     return args.lora_steps / seconds
 
 
+# --- GPTQ ----------------------------------------------------------------------------------------------------------
+
+
+def time_pipeline_gptq(source: Path, scratch: Path, args, device: str) -> dict:
+    """The pipeline's GPTQ on the bf16 model with a small calibration set; its output is deleted afterwards."""
+    from workers.pipelines.calibrated.run import quantize_calibrated_version
+    from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec
+
+    spec = CalibratedQuantizeSpec(method="gptq", bits=4, group_size=128, calibration_samples=args.gptq_samples,
+                                  max_length=args.gptq_length)
+    # Sample sentences joined into texts of about twice max_length tokens (the pipeline cuts them to max_length).
+    sentences = texts_for(2 * args.gptq_length * args.gptq_samples)
+    per_text = max(1, len(sentences) // args.gptq_samples)
+    texts = [" ".join(sentences[index * per_text:(index + 1) * per_text]) for index in range(args.gptq_samples)]
+    out_dir = scratch / "gptq-pipeline"
+    synchronize(device)
+    started = time.perf_counter()
+    result = note_pipeline_peak(quantize_calibrated_version(source, out_dir, spec, texts))
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out_dir, ignore_errors=True)
+    log(f"gptq: {seconds:.1f} s ({result['calibration']['samples']} samples, {result['calibration']['tokens']} "
+        f"tokens, {len(result['quantized_modules'])} layers, {result['format']})")
+    return {
+        "gptq_s": round(seconds, 2),
+        "gptq_pipeline_wall_s": result["wall_seconds"],
+        "gptq_peak_gpu_mb": round((result.get("peak_gpu_bytes") or 0) / MIB),
+        "gptq_calibration_samples": result["calibration"]["samples"],
+        "gptq_tokens": result["calibration"]["tokens"],
+        "gptq_format": result["format"],
+        "gptq_size_ratio": result["size_ratio"],
+        "gptq_settings": {"bits": 4, "group_size": 128, "sym": True, "max_length": args.gptq_length},
+    }
+
+
 # --- the benchmark -------------------------------------------------------------------------------------------------
 
 
@@ -286,6 +326,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="analysis chunks per forward pass")
     parser.add_argument("--lora-steps", type=int, default=20)
     parser.add_argument("--lora-length", type=int, default=512)
+    parser.add_argument("--gptq-samples", type=int, default=16, help="calibration texts for GPTQ (0: skip it)")
+    parser.add_argument("--gptq-length", type=int, default=512, help="tokens per GPTQ calibration text")
     parser.add_argument("--scratch", type=Path, default=None, help="where the model directories go (~20 GB)")
     args = parser.parse_args()
 
@@ -345,6 +387,11 @@ def main() -> None:
             log(f"lora round {repetition + 1}: pipeline {lora_result['steps_per_second']:.2f} steps/s, bare "
                 f"{bare:.2f} steps/s")
 
+        gptq = {}
+        if args.gptq_samples > 0:
+            log(f"gptq: {args.gptq_samples} calibration texts of up to {args.gptq_length} tokens")
+            gptq = time_pipeline_gptq(source, scratch, args, device)
+
         synchronize(device)
         peak = max(GPU_PEAKS) if GPU_PEAKS else None
         emit({
@@ -362,6 +409,7 @@ def main() -> None:
             "lora_pipeline_steps_per_s": round(median([r["pipeline_steps_per_s"] for r in lora_rounds]), 3),
             "lora_bare_steps_per_s": round(median([r["bare_steps_per_s"] for r in lora_rounds]), 3),
             "lora_peak_gpu_mb": round((lora_result.get("peak_gpu_bytes") or 0) / MIB),
+            **gptq,
             "params": params,
             "shape": {"name": args.shape, **SHAPES[args.shape]},
             "dtype": "bfloat16",
@@ -370,7 +418,8 @@ def main() -> None:
             "lora": {"r": 8, "targets": LORA_TARGETS, "batch_size": 4, "length": args.lora_length,
                      "steps": args.lora_steps},
             "machine": machine_description(),
-            "versions": library_versions("torch", "transformers", "bitsandbytes", "peft", "accelerate"),
+            "versions": library_versions("torch", "transformers", "bitsandbytes", "peft", "accelerate",
+                                         "compressed-tensors"),
         })
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
