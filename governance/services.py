@@ -7,7 +7,6 @@ same transaction as the decision that reached the quorum.
 from datetime import timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from foundation.announcements import announce_on_commit
@@ -518,6 +517,14 @@ def _mark_others_stale(alias: Alias, *, exclude: int | None, actor, others: list
             _announce_gated(request)
 
 
+_ROLLBACK_TARGET = (
+    f"SELECT v.*, EXISTS(SELECT 1 FROM {ChangeRequest._meta.db_table} c WHERE c.model_id = %s AND c.alias = %s "
+    "AND c.to_version_id = v.id AND c.status = %s) AS was_deployed, "
+    f"EXISTS(SELECT 1 FROM {ChangeRequest._meta.db_table} o WHERE o.model_id = %s AND o.alias = %s "
+    "AND o.status = ANY(%s)) AS has_open_requests "
+    f"FROM {ModelVersion._meta.db_table} v WHERE v.model_id = %s AND v.number = %s")
+
+
 def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_number: int | None, actor) -> AliasChange:
     """Point the alias back at the previously deployed version, or at a named one deployed there before."""
     if not has_role(actor, OPS):
@@ -540,11 +547,11 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
             target_number = to_version_number
             if target_number == alias_row.version.number:
                 raise Conflict(f"{model.name}@{alias} already points at v{target_number}.")
-        # The target, and (for a named one) whether an approved change request ever deployed it here: one query.
-        target = (ModelVersion.objects.filter(model=model, number=target_number)
-                  .annotate(was_deployed=Exists(ChangeRequest.objects.filter(
-                      model=model, alias=alias, to_version=OuterRef("pk"), status=ChangeRequest.Status.DEPLOYED)))
-                  .first())
+        # The target, whether an approved change request ever deployed it here, and whether the alias has open
+        # requests to re-gate: one plain statement (compiling it through the ORM cost more than running it).
+        target = next(iter(ModelVersion.objects.raw(_ROLLBACK_TARGET, [
+            model.pk, alias, ChangeRequest.Status.DEPLOYED, model.pk, alias, list(ChangeRequest.OPEN), model.pk,
+            target_number])), None)
         if to_version_number is not None:
             if target is None or not target.was_deployed:
                 raise Unprocessable(f"v{target_number} was never deployed to {model.name}@{alias} through an "
@@ -554,9 +561,9 @@ def roll_back(*, model: RegisteredModel, alias: str, reason: str, to_version_num
                 stack.pop()
             if not stack:
                 stack = [target_number]
-        # Read before the move: the move's audit event takes the chain's lock, held until the commit, and
-        # nearly always there is no open request to re-gate, so nothing else runs while it is held.
-        others = _open_requests_for_update(alias_row, exclude=None)
+        # Read before the move: the move's audit event takes the chain's lock, held until the commit. The alias's
+        # row lock, taken above, keeps new requests for it from opening meanwhile.
+        others = _open_requests_for_update(alias_row, exclude=None) if target and target.has_open_requests else []
         change = _move_alias(alias_row, to_version=target, kind=AliasChange.Kind.ROLLBACK, actor=actor,
                              reason=reason.strip(), change_request=None, deploy_stack=stack)
         _mark_others_stale(alias_row, exclude=None, actor=actor, others=others)
