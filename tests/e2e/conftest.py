@@ -179,6 +179,16 @@ def browser():
         instance.close()
 
 
+@pytest.fixture
+def page(browser):
+    """A fresh browser context per test, at a desktop size, waiting up to a minute for what a busy machine renders."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    yield page
+    context.close()
+
+
 def admin_login(page, base_url: str, username: str) -> None:
     page.goto(f"{base_url}/admin/login/")
     page.fill("#id_username", username)

@@ -1,7 +1,6 @@
 """Admin flows of issue 13 in headless Chromium against a real gunicorn: the analysis pages with their charts,
 job results as links, and a change request's decision buttons beside the draft report they sign. Screenshots
 land in /tmp/admin-flows-*.png."""
-import pytest
 
 from foundation import storage
 from governance.models import ChangeRequest
@@ -13,15 +12,6 @@ from workers import charts
 from workers.models import Analysis, Job
 
 KL_EDGES = [0.0] + [10 ** (-8 + i / 4) for i in range(41)]  # as the analysis bins per-token KL
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
 
 
 def _shot(page, name: str) -> None:

@@ -2,7 +2,6 @@
 approve, roll back, and the regulator's read-only view. Screenshots land in .var/screenshots/."""
 from pathlib import Path
 
-import pytest
 
 from governance.models import Alias
 from registry.models import ModelVersion
@@ -10,15 +9,6 @@ from tests.conftest import client_for, register_sealed_version
 from tests.e2e.conftest import ROOT, admin_login
 
 SCREENSHOTS = ROOT / ".var" / "screenshots"
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    yield page
-    context.close()
 
 
 def _shot(page, name: str) -> None:

@@ -3,7 +3,6 @@ it (base plus adapter), its Merge button queues the merge, and the merged versio
 command; a LoRA on a quantized base is refused with the reason. Screenshots land in /tmp/ui_shots_merge/."""
 from pathlib import Path
 
-import pytest
 
 from registry.models import LineageEdge, ModelVersion
 from tests.conftest import client_for, register_sealed_version
@@ -11,15 +10,6 @@ from tests.e2e.conftest import admin_login, wait_for_job
 from tests.e2e.test_merge_and_serving import _training_dataset
 
 SHOTS = Path("/tmp/ui_shots_merge")
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
 
 
 def _shot(page, name: str) -> None:

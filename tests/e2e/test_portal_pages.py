@@ -3,7 +3,6 @@ how its gates came out, and an audit trail that pages, filters and names objects
 Screenshots land in /tmp/ui_shots/."""
 from pathlib import Path
 
-import pytest
 
 from foundation.models import AuditEvent
 from governance.models import ChangeRequest
@@ -12,15 +11,6 @@ from tests.conftest import client_for, register_sealed_version
 from tests.governance.conftest import make_analysis
 
 SHOTS = Path("/tmp/ui_shots")
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
 
 
 def _shot(page, name: str) -> None:

@@ -16,15 +16,6 @@ SHOTS = Path("/tmp/ui_shots_sweep")
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
-
-
-@pytest.fixture
 def sweep(e2e_users, unique, tiny_model_dir):
     """A finished sweep as its job leaves it: nf4 fails the KL gate, int8 passes (recommended), fp4 failed."""
     from django.core.files.uploadedfile import SimpleUploadedFile

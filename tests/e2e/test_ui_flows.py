@@ -4,7 +4,6 @@ ops roll back only to versions a rollback may return to, and the top bar links w
 Screenshots of every page land in /tmp/ui_shots/."""
 from pathlib import Path
 
-import pytest
 
 from governance.models import Alias, ChangeRequest
 from registry.models import ModelVersion
@@ -14,15 +13,6 @@ from tests.governance.conftest import make_analysis
 from workers.pipelines.tiny_model import SAMPLE_TEXTS, build_tiny_llama
 
 SHOTS = Path("/tmp/ui_shots")
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
 
 
 def _shot(page, name: str) -> None:
