@@ -115,7 +115,7 @@ demo() {
 
 run_tests() {
   # The suite starts its own S3 server (tests/settings.py) and Celery workers; Postgres and Redis are local.
-  "$PY" -m pytest -q "$@"
+  "$PY" -m pytest -q --durations=40 "$@"
 }
 
 bench() {

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from workers.pipelines.analysis import chunks, layers, module_errors
+from workers.pipelines.analysis.logits import ReferenceDistribution
 from workers.pipelines.analysis.run import _output_vocab_size
 from workers.pipelines.loading import load_causal_lm
 from workers.pipelines.tiny_model import SAMPLE_TEXTS, build_tiny_llama
@@ -104,3 +105,54 @@ def test_layer_numbers_match_a_direct_float64_computation(reference, monkeypatch
         first = next(layer for layer in reported if layer["name"] == "model.layers.0.self_attn.q_proj")
         assert first["relative_error"] == pytest.approx(first["relative_error_propagated"], rel=1e-6)
         assert first["relative_error"] > 0
+
+
+def direct_ablation_kl(reference_model, candidate_model, name, sequences):
+    """Mean KL(P || Q) over every position, Q from a whole pass of a copy of the reference holding the candidate's
+    module `name`, both log-softmaxes in float64."""
+    ablated = copy.deepcopy(reference_model)
+    parent_name, _, child = name.rpartition(".")
+    setattr(ablated.get_submodule(parent_name), child, copy.deepcopy(candidate_model.get_submodule(name)))
+    values = []
+    with torch.no_grad():
+        for sequence in sequences:
+            log_p = torch.log_softmax(reference_model(input_ids=sequence).logits.double(), dim=-1)
+            log_q = torch.log_softmax(ablated(input_ids=sequence).logits.double(), dim=-1)
+            values.append((log_p.exp() * (log_p - log_q)).sum(dim=-1).reshape(-1))
+    return torch.cat(values).mean().item()
+
+
+@pytest.mark.parametrize("block_elements", [None, 1000])
+def test_ablation_kl_matches_whole_float64_passes_and_is_zero_for_an_unchanged_module(reference, monkeypatch,
+                                                                                       block_elements):
+    model, tokenizer = reference
+    candidate = perturbed_copy(model, scale=0.003, dtype=torch.float32)
+    unchanged = "model.layers.1.self_attn.k_proj"
+    candidate.get_submodule(unchanged).weight.data.copy_(model.get_submodule(unchanged).weight)
+    if block_elements:
+        monkeypatch.setattr(module_errors.Float32Scratch, "block_elements", staticmethod(lambda device: block_elements))
+    sequences = chunks.layer_sequences(
+        chunks.EvaluationChunks(tokenizer, SAMPLE_TEXTS, context_length=64, max_tokens=1024,
+                                vocab_size=_output_vocab_size(model)), 100)
+    units = layers._linear_units(model)
+
+    with torch.no_grad():
+        reported = layers.layer_errors(model, candidate, sequences, {}, len(units), torch.device("cpu"),
+                                       lambda percent, message: None)
+
+    by_name = {layer["name"]: layer["ablation_kl"] for layer in reported}
+    assert by_name[unchanged] == 0.0
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "lm_head"):
+        direct = direct_ablation_kl(model, candidate, name, sequences)
+        assert direct > 0
+        assert by_name[name] == pytest.approx(direct, rel=1e-4), name
+
+
+def test_reference_distribution_kl_is_infinite_where_the_candidate_rules_out_a_likely_token():
+    reference_logits = torch.tensor([[2.0, 1.0, float("-inf")], [0.5, 0.5, 0.5]])
+    candidate_logits = torch.tensor([[2.0, 1.0, 3.0], [0.5, float("-inf"), 0.5]])
+    kl = ReferenceDistribution(reference_logits, 1 << 17).kl_rows(candidate_logits)
+    log_p = torch.log_softmax(reference_logits.double()[0, :2], dim=-1)
+    log_q = torch.log_softmax(candidate_logits.double()[0], dim=-1)[:2]
+    assert kl[0].item() == pytest.approx((log_p.exp() * (log_p - log_q)).sum().item(), rel=1e-6)
+    assert kl[1].item() == math.inf

@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from workers.pipelines.analysis.logits import (
-    STATISTICS_ELEMENTS_PER_BLOCK,
-    kl_divergence,
-    log_prob_blocks,
-    model_logits,
-)
+from workers.pipelines.analysis.logits import ReferenceDistribution, model_logits
 from workers.pipelines.analysis.module_errors import (
     Float32Scratch,
     ModuleOutputErrors,
     serial_on_cpu,
     weight_relative_errors,
 )
-from workers.pipelines.analysis.statistics import Moments
 
 
 def _linear_units(model) -> dict[str, torch.nn.Module]:
@@ -65,14 +59,16 @@ def layer_errors(reference_model, candidate_model, sequences, weight_errors, abl
     if not names or not sequences:
         return []
     errors = {name: ModuleOutputErrors() for name in names}
-    # The capture passes' logits (their hooks change nothing) and decoder-layer outputs, reused by the ablations.
+    # The capture passes' distributions (their hooks change nothing) and decoder-layer outputs, reused by the
+    # ablations.
     stack, stack_positions = _decoder_stack(reference_model, reference_units) if ablation_top_n > 0 else (None, {})
-    reference_logits, stack_outputs = [], []
+    references, stack_outputs = [], []
     for index, sequence in enumerate(sequences):
         logits, outputs = _accumulate_layer_errors(reference_model, candidate_model, reference_units,
                                                    candidate_units, names, sequence.to(device), errors, stack)
         if ablation_top_n > 0:
-            reference_logits.append(logits)
+            with serial_on_cpu(logits.device):
+                references.append(ReferenceDistribution(logits, Float32Scratch.block_elements(logits.device)))
             stack_outputs.append(outputs)
         del logits, outputs
         report(int(40 * (index + 1) / len(sequences)), f"Measured layer errors on {index + 1} of {len(sequences)} "
@@ -90,7 +86,7 @@ def layer_errors(reference_model, candidate_model, sequences, weight_errors, abl
             name = layer["name"]
             layer["ablation_kl"] = _ablation_kl(
                 reference_model, reference_units[name], candidate_units[name], errors[name].candidate_input_dtype,
-                sequences, reference_logits, device, stack, stack_positions.get(name, 0), stack_outputs,
+                sequences, references, device, stack, stack_positions.get(name, 0), stack_outputs,
             )
             report(50 + int(50 * number / len(ranked)), f"Ablated {number} of {len(ranked)} most sensitive layers")
     return layers
@@ -236,43 +232,44 @@ def _linear_input(args, kwargs) -> torch.Tensor:
     return next(value for value in kwargs.values() if isinstance(value, torch.Tensor))
 
 
-def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_input_dtype, sequences,
-                 reference_logits, device, stack=None, skipped: int = 0, stack_outputs=None) -> float:
+def _ablation_kl(reference_model, reference_unit, candidate_unit, candidate_input_dtype, sequences, references,
+                 device, stack=None, skipped: int = 0, stack_outputs=None) -> float:
     """Mean KL(reference || reference with this one module swapped for the candidate's) over all positions.
 
-    The `skipped` decoder layers before the module cannot change; they replay their recorded outputs.
+    The `skipped` decoder layers before the module cannot change; they replay their recorded outputs. A module
+    whose swap changed no output (the candidate's is the same) scores exactly 0.
     """
 
-    busy = {"swapping": False}
+    state = {"swapping": False, "changed": False}
 
     def swap(module, args, kwargs, output):
-        if busy["swapping"]:  # the candidate's module is the reference's own (a version against itself)
+        if state["swapping"]:  # the candidate's module is the reference's own (a version against itself)
             return None
         layer_input = _linear_input(args, kwargs)
         dtype = candidate_input_dtype or layer_input.dtype
-        busy["swapping"] = True
+        state["swapping"] = True
         try:
-            return candidate_unit(layer_input.to(dtype=dtype)).to(output.dtype)
+            swapped = candidate_unit(layer_input.to(dtype=dtype)).to(output.dtype)
         finally:
-            busy["swapping"] = False
+            state["swapping"] = False
+        if not state["changed"] and not torch.equal(swapped, output):
+            state["changed"] = True
+        return swapped
 
-    moments = Moments()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     handle = reference_unit.register_forward_hook(swap, with_kwargs=True)
     try:
-        for index, (sequence, logits) in enumerate(zip(sequences, reference_logits)):
+        for index, (sequence, reference) in enumerate(zip(sequences, references)):
             outputs = stack_outputs[index] if stack is not None and stack_outputs else []
             with torch.inference_mode(), _ReplayedLayers(stack, skipped, outputs):
                 ablated = model_logits(reference_model, sequence.to(device))
-            reference_rows = logits.reshape(-1, logits.shape[-1])
-            ablated_rows = ablated.reshape(-1, ablated.shape[-1])
-            for _, log_p, log_q in log_prob_blocks(reference_rows, ablated_rows, STATISTICS_ELEMENTS_PER_BLOCK):
-                # Unmasked first; where P_v > 0 the terms are the masked ones, elsewhere 0 * finite adds nothing,
-                # so a finite result is the masked one. Non-finite logits take the masked path.
-                terms = log_p - log_q
-                terms.mul_(log_p.exp())
-                kl = terms.sum(dim=-1)
-                kl = kl.clamp_min_(0.0) if bool(torch.isfinite(kl).all()) else kl_divergence(log_p, log_q)
-                moments.add(kl.cpu().numpy())
+            with serial_on_cpu(ablated.device):
+                kl = reference.kl_rows(ablated)
+            total = total + kl.sum().to(total.device)
+            count += kl.numel()
     finally:
         handle.remove()
-    return moments.mean
+    if not state["changed"] or count == 0:
+        return 0.0
+    return float(total) / count
