@@ -127,9 +127,9 @@ def weight_relative_errors(pairs: dict[str, tuple[torch.nn.Module, torch.nn.Modu
     one cannot be had or the shapes differ. All sums are read back together, at the end."""
     scratch = Float32Scratch()
     sums: dict[str, torch.Tensor | None] = {}
-    with serial_on_cpu(_device_of(pairs)):
-        for name, (reference_unit, candidate_unit) in pairs.items():
-            sums[name] = _pair_weight_sums(reference_unit, candidate_unit, scratch)
+    device = _device_of(pairs)
+    for name, (reference_unit, candidate_unit) in pairs.items():
+        sums[name] = _pair_weight_sums(reference_unit, candidate_unit, scratch, device)
     read = {name: value.tolist() for name, value in sums.items() if value is not None}
     errors = {}
     for name in sums:
@@ -145,13 +145,16 @@ def _device_of(pairs) -> torch.device:
     return torch.device("cpu")
 
 
-def _pair_weight_sums(reference_unit, candidate_unit, scratch: Float32Scratch) -> torch.Tensor | None:
+def _pair_weight_sums(reference_unit, candidate_unit, scratch: Float32Scratch,
+                      device: torch.device) -> torch.Tensor | None:
+    # Dequantizing is whole-tensor work that every thread helps with; the block sums are not (serial_on_cpu).
     reference_weight = _effective_weight(reference_unit)
     candidate_weight = _effective_weight(candidate_unit)
     if reference_weight is None or candidate_weight is None or reference_weight.shape != candidate_weight.shape:
         return None
-    return _weight_sums(reference_weight.reshape(reference_weight.shape[0], -1),
-                        candidate_weight.reshape(candidate_weight.shape[0], -1), scratch)
+    with serial_on_cpu(device):
+        return _weight_sums(reference_weight.reshape(reference_weight.shape[0], -1),
+                            candidate_weight.reshape(candidate_weight.shape[0], -1), scratch)
 
 
 def _weight_sums(reference_weight, candidate_weight, scratch: Float32Scratch) -> torch.Tensor:
