@@ -4,9 +4,10 @@ natively.
 compressed-tensors' own scheme dataclasses, parameter layout and compressor do the work (int4/int8 codes packed
 into int32 `weight_packed`, per-group `weight_scale`, `weight_shape`); we only hand it the grids GPTQ or AWQ
 rounded to, so the codes it computes are exactly theirs. AWQ's scales are already folded into the preceding norms
-and Linears (`awq.py`), which are saved as ordinary full-precision tensors, so nothing AWQ-specific is stored. config.json then carries `quantization_config` with
-`quant_method: "compressed-tensors"`, and `AutoModelForCausalLM.from_pretrained(dir)` loads it (decompressing on
-the first forward pass) wherever compressed-tensors is installed.
+and Linears (`awq.py`), which are saved as ordinary full-precision tensors, so nothing AWQ-specific is stored.
+config.json then carries `quantization_config` with `quant_method: "compressed-tensors"`, and
+`AutoModelForCausalLM.from_pretrained(dir)` loads it (decompressing on the first forward pass) wherever
+compressed-tensors is installed.
 
 Not packed (written dequantized instead, see `unpackable_reason`):
 - asymmetric grids: compressed-tensors 0.20 packs their zero points into int32 on save but, building the empty
