@@ -157,16 +157,18 @@ def packed_bytes(model, planned: list[str], bits: int, group_size: int) -> int:
     return total
 
 
-def working_bytes(config: dict, max_length: int) -> int:
+def working_bytes(config: dict, max_length: int, method: str = "gptq") -> int:
     """Memory beside the model: one block's Hessians (float32, in×in per Linear: q, k, v, o, gate and up read the
-    hidden size, down the intermediate size), float32 copies of the largest weight being rounded (and AWQ's copy
-    of the block's weights before folding, in their dtype: at most as large), and one sample's activations through
-    the block."""
+    hidden size, down the intermediate size), float32 copies of the largest weight being rounded (for AWQ also a
+    copy of the block's weights before folding, counted at float32), and one sample's activations through the
+    block."""
     config = config.get("text_config", config)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
     intermediate = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     hessians = (6 * hidden * hidden + intermediate * intermediate) * 4
-    weight_copies = 4 * hidden * intermediate * 4 + (4 * hidden * hidden + 3 * hidden * intermediate) * 4
+    weight_copies = 4 * hidden * intermediate * 4
+    if method == "awq":
+        weight_copies += (4 * hidden * hidden + 3 * hidden * intermediate) * 4
     activations = 16 * max_length * max(hidden, intermediate) * 4
     return hessians + weight_copies + activations
 
@@ -208,7 +210,7 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
     if "quantization_config" in config:
         raise PipelineInputError(f"{source_dir} is already quantized; quantize its full-precision parent instead.")
     dtype = load_dtype(source_dir, config)
-    memory = check_fits(needed_bytes=resident_bytes(source_dir) + working_bytes(config, spec.max_length)
+    memory = check_fits(needed_bytes=resident_bytes(source_dir) + working_bytes(config, spec.max_length, spec.method)
                         + LIBRARY_OVERHEAD_BYTES, what=f"{spec.method.upper()} on this model", device=device,
                         available_bytes=available_bytes)
     model = from_pretrained_checked(source_dir, device_map={"": device},
