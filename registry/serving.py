@@ -4,7 +4,7 @@ Torch-free (the web process builds it). Each directory is where `llmreg pull` pu
 follow the version's kind:
 - upload, merged, calibrated but written dequantized: plain full-precision weights;
 - bitsandbytes (nf4/fp4/int8): vLLM's bitsandbytes loader reads the pre-quantized checkpoint;
-- GPTQ packed (compressed-tensors): both engines detect the format from config.json's quantization_config;
+- GPTQ or AWQ packed (compressed-tensors): both engines detect the format from config.json's quantization_config;
 - LoRA: the base is served with the adapter mounted beside it (the engine applies it per request).
 """
 

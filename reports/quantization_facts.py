@@ -47,6 +47,7 @@ def calibrated_quantization_facts(quantization: dict) -> dict:
         "skip_patterns": [_pattern_label(pattern) for pattern in settings.get("skip_modules") or []],
         "format": quantization.get("format"),
         "format_note": quantization.get("format_note"),
+        "awq_scales": quantization.get("awq_scales"),
         "dtype": quantization.get("dtype"),
         "calibration": {
             "dataset_id": calibration.get("dataset", (quantization.get("calibration_dataset") or {}).get("id")),
@@ -80,6 +81,7 @@ def loss_facts(quantization: dict) -> dict:
     """The per-module quantization loss, worst first: the rows shown, how many there are, and their spread."""
     losses = {name: loss for name, loss in (quantization.get("module_loss") or {}).items() if loss is not None}
     alphas = quantization.get("awq_alpha") or {}
+    folded_into = quantization.get("awq_folded_into") or {}
     ranked = sorted(losses.items(), key=lambda item: (-item[1], item[0]))
     shown = ranked if len(ranked) <= ALL_MODULES_UP_TO else ranked[:LOSS_ROWS]
     values = [loss for _, loss in ranked]
@@ -87,9 +89,11 @@ def loss_facts(quantization: dict) -> dict:
         "definition": quantization.get("loss_definition"),
         "total": len(ranked),
         "all_shown": len(shown) == len(ranked),
-        "rows": [{"rank": index, "name": name, "loss": loss, "alpha": alphas.get(name)}
+        "rows": [{"rank": index, "name": name, "loss": loss, "alpha": alphas.get(name),
+                  "folded_into": folded_into.get(name)}
                  for index, (name, loss) in enumerate(shown, start=1)],
         "has_alpha": bool(alphas),
+        "has_folded_into": bool(folded_into),
         "mean": statistics.fmean(values) if values else None,
         "median": statistics.median(values) if values else None,
         "max": values[0] if values else None,

@@ -17,6 +17,11 @@ from registry.models import LineageEdge, ModelVersion
 from tests.conftest import jsonl
 from workers.models import Analysis, Job
 
+# The op each module's AWQ scales are folded into, within its decoder layer (workers/pipelines/calibrated/awq.py).
+AWQ_FOLDED_INTO = {"self_attn.q_proj": "input_layernorm", "self_attn.k_proj": "input_layernorm",
+                   "self_attn.v_proj": "input_layernorm", "self_attn.o_proj": "self_attn.v_proj",
+                   "mlp.gate_proj": "post_attention_layernorm", "mlp.up_proj": "post_attention_layernorm",
+                   "mlp.down_proj": "mlp.up_proj"}
 MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")
 STATISTICS = ("mean", "mean_uncertainty", "min", "p0_1", "p1", "p5", "p10", "median", "p90", "p95", "p99", "p99_9",
@@ -186,6 +191,10 @@ def calibrated_metadata(calibration_dataset, *, method: str = "gptq", blocks: in
     }
     if not gptq:
         metadata["awq_alpha"] = {name: round(rng.random(), 2) for name in planned}
+        metadata["awq_folded_into"] = {name: f"{name.rsplit('.', 2)[0]}.{AWQ_FOLDED_INTO[name.split('.', 3)[3]]}"
+                                       for name in planned}
+        metadata["awq_scales"] = ("folded into the preceding norm or Linear, one scale vector per group of layers "
+                                  "reading the same input")
     if keep_sensitive:
         metadata["keep_sensitive"] = {
             **keep_sensitive, "kept": sorted(sensitive),

@@ -2,6 +2,7 @@
 data with its SHA-256, the modules quantized and kept with their reasons, the per-module loss worst first, and for
 sensitivity-guided mixed precision the earlier analysis's error of each layer kept out of quantization."""
 import pytest
+from django.template.loader import render_to_string
 
 from foundation.roles import APPROVER, ML_ENGINEER
 from governance import services as governance
@@ -93,6 +94,11 @@ def test_awq_facts_carry_alpha_and_say_damping_and_act_order_do_not_apply(db):
     assert q["method_label"] == "AWQ" and not q["uses_damping"] and not q["uses_desc_act"] and not q["sym"]
     assert q["loss"]["all_shown"] and q["loss"]["total"] == 21 and q["loss"]["has_alpha"]
     assert all(row["alpha"] is not None for row in q["loss"]["rows"]) and q["keep_sensitive"] is None
+    assert q["loss"]["has_folded_into"] and "preceding norm" in q["awq_scales"]
+    folded = {row["name"]: row["folded_into"] for row in q["loss"]["rows"]}
+    assert folded["model.layers.2.mlp.down_proj"] == "model.layers.2.mlp.up_proj"
+    html = render_to_string("reports/pdf/_calibrated_quantization.html", {"q": q})
+    assert "Scales folded into" in html and "model.layers.2.post_attention_layernorm" in html
 
 
 def test_the_report_states_what_a_regulator_needs_about_the_gptq_run(gptq_request, tmp_path):

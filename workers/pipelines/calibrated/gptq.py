@@ -38,15 +38,26 @@ def to_grid(weight: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits:
 
 def round_to_nearest(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
     """The same grid without calibration: each group of columns rounded to nearest (the baseline GPTQ beats)."""
+    return round_to_nearest_grid(weight, bits, group_size, sym)[0]
+
+
+def round_to_nearest_grid(weight: torch.Tensor, bits: int, group_size: int, sym: bool,
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weight rounded to nearest per group of columns, dequantized [out, in], the grids' scales and zero points
+    [out, groups]): the same triple gptq_quantize_weight returns, so the result packs the same way."""
     weight = weight.float()
     columns = weight.shape[1]
     size = columns if group_size == -1 else group_size
     out = torch.empty_like(weight)
-    for start in range(0, columns, size):
+    groups = -(-columns // size)
+    scales = torch.zeros(weight.shape[0], groups, device=weight.device)
+    zeros = torch.zeros_like(scales)
+    for group, start in enumerate(range(0, columns, size)):
         part = weight[:, start:start + size]
         scale, zero = grid_parameters(part, bits, sym)
         out[:, start:start + size] = to_grid(part, scale, zero, bits)
-    return out
+        scales[:, group], zeros[:, group] = scale[:, 0], zero[:, 0]
+    return out, scales, zeros
 
 
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, *, bits: int, group_size: int,

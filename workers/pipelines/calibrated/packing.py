@@ -1,18 +1,21 @@
-"""Write a GPTQ result as a compressed-tensors "pack-quantized" checkpoint: the format vLLM and SGLang load natively.
+"""Write a GPTQ or AWQ result as a compressed-tensors "pack-quantized" checkpoint: the format vLLM and SGLang load
+natively.
 
 compressed-tensors' own scheme dataclasses, parameter layout and compressor do the work (int4/int8 codes packed
-into int32 `weight_packed`, per-group `weight_scale`, `weight_shape`); we only hand it the grids GPTQ rounded to,
-so the codes it computes are exactly GPTQ's. config.json then carries `quantization_config` with
-`quant_method: "compressed-tensors"`, and `AutoModelForCausalLM.from_pretrained(dir)` loads it (decompressing on
-the first forward pass) wherever compressed-tensors is installed.
+into int32 `weight_packed`, per-group `weight_scale`, `weight_shape`); we only hand it the grids GPTQ or AWQ
+rounded to, so the codes it computes are exactly theirs. AWQ's scales are already folded into the preceding norms
+and Linears (`awq.py`), which are saved as ordinary full-precision tensors, so nothing AWQ-specific is stored.
+config.json then carries `quantization_config` with `quant_method: "compressed-tensors"`, and
+`AutoModelForCausalLM.from_pretrained(dir)` loads it (decompressing on the first forward pass) wherever
+compressed-tensors is installed.
 
 Not packed (written dequantized instead, see `unpackable_reason`):
 - asymmetric grids: compressed-tensors 0.20 packs their zero points into int32 on save but, building the empty
   model for transformers 5.23's loader, leaves the zero-point parameter unpacked, so from_pretrained refuses the
   checkpoint with a size mismatch;
 - layers whose input width the group size does not divide (the format and vLLM's kernels need whole groups);
-- AWQ: our AWQ folds its per-input-channel scales into each weight (Q(W·s)·s⁻¹), which no uniform per-group grid
-  represents; packing it needs the scales folded into the preceding norms instead.
+- AWQ on an architecture whose preceding ops we cannot fold the scales into (`awq.awq_fold_problem`): its scales
+  are then folded into each weight (Q(W·s)·s⁻¹), which no uniform per-group grid represents.
 """
 
 from __future__ import annotations
@@ -26,17 +29,18 @@ from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec
 FORMAT = "pack-quantized"
 
 
-def unpackable_reason(spec: CalibratedQuantizeSpec, in_features: dict[str, int]) -> str | None:
+def unpackable_reason(spec: CalibratedQuantizeSpec, in_features: dict[str, int], *,
+                      awq_unfoldable: str | None = None) -> str | None:
     """Why spec's result on the planned layers (name -> input width) cannot be written packed (then it is
-    written dequantized), or None."""
+    written dequantized), or None. awq_unfoldable: why AWQ's scales could not be folded into the preceding ops."""
     if spec.group_size != -1:
         uneven = sorted(name for name, width in in_features.items() if width % spec.group_size)
         if uneven:
             return (f"{len(uneven)} layer(s) ({uneven[0]}, ...) have an input width that group_size "
                     f"{spec.group_size} does not divide, which compressed-tensors and the serving kernels require")
-    if spec.method != "gptq":
-        return ("AWQ's per-input-channel scales are folded into each weight, which a per-group grid cannot "
-                "represent")
+    if spec.method == "awq" and awq_unfoldable:
+        return (f"{awq_unfoldable}; its per-input-channel scales are folded into each weight instead, which a "
+                "per-group grid cannot represent")
     if not spec.sym:
         return ("compressed-tensors 0.20 cannot reload packed asymmetric zero points under transformers 5.23 "
                 "(size mismatch on load)")

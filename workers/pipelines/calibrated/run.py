@@ -8,10 +8,15 @@ Layers are quantized block by block (the decoder layers in order): each block's 
 per input channel of every planned Linear) are measured with the blocks before it already quantized, so later
 layers correct for earlier ones' error, as in the GPTQ paper. Each forward pass stops once the block has run.
 
-GPTQ with a symmetric grid is written as a compressed-tensors pack-quantized checkpoint (`packing.py`): int codes
-packed in int32, per-group scales, and a `quantization_config` that vLLM, SGLang and transformers (with
-compressed-tensors installed) read. Other results (AWQ, asymmetric grids; `packing.unpackable_reason` says why)
-are written dequantized: the grid values in the checkpoint's own dtype, no `quantization_config`.
+AWQ on Llama-family decoder layers (`awq.py`) searches and folds each block's scale groups into the preceding
+norms and Linears first, then rounds every planned Linear to nearest on the grid of its scaled weight; elsewhere
+it falls back to scales folded into each weight.
+
+GPTQ, and AWQ folded into the preceding ops, with a symmetric grid are written as a compressed-tensors
+pack-quantized checkpoint (`packing.py`): int codes packed in int32, per-group scales, and a `quantization_config`
+that vLLM, SGLang and transformers (with compressed-tensors installed) read. Other results (asymmetric grids, AWQ
+on other architectures; `packing.unpackable_reason` says why) are written dequantized: the grid values in the
+checkpoint's own dtype, no `quantization_config`.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from workers.pipelines.calibrated.awq import awq_quantize_weight
-from workers.pipelines.calibrated.gptq import gptq_quantize_weight, relative_output_error
+from workers.pipelines.calibrated.awq import awq_fold_problem, awq_quantize_weight, fold_block_scales
+from workers.pipelines.calibrated.gptq import gptq_quantize_weight, relative_output_error, round_to_nearest_grid
 from workers.pipelines.calibrated.packing import FORMAT, pack_model, unpackable_reason, write_packed
 from workers.pipelines.calibrated.spec import (
     DEFAULT_CALIBRATION_SAMPLES,
@@ -152,15 +157,18 @@ def packed_bytes(model, planned: list[str], bits: int, group_size: int) -> int:
     return total
 
 
-def working_bytes(config: dict, max_length: int) -> int:
+def working_bytes(config: dict, max_length: int, method: str = "gptq") -> int:
     """Memory beside the model: one block's Hessians (float32, in×in per Linear: q, k, v, o, gate and up read the
-    hidden size, down the intermediate size), float32 copies of the largest weight being rounded, and one sample's
-    activations through the block."""
+    hidden size, down the intermediate size), float32 copies of the largest weight being rounded (for AWQ also a
+    copy of the block's weights before folding, counted at float32), and one sample's activations through the
+    block."""
     config = config.get("text_config", config)
     hidden = int(config.get("hidden_size") or config.get("n_embd") or 0)
     intermediate = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     hessians = (6 * hidden * hidden + intermediate * intermediate) * 4
     weight_copies = 4 * hidden * intermediate * 4
+    if method == "awq":
+        weight_copies += (4 * hidden * hidden + 3 * hidden * intermediate) * 4
     activations = 16 * max_length * max(hidden, intermediate) * 4
     return hessians + weight_copies + activations
 
@@ -202,7 +210,7 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
     if "quantization_config" in config:
         raise PipelineInputError(f"{source_dir} is already quantized; quantize its full-precision parent instead.")
     dtype = load_dtype(source_dir, config)
-    memory = check_fits(needed_bytes=resident_bytes(source_dir) + working_bytes(config, spec.max_length)
+    memory = check_fits(needed_bytes=resident_bytes(source_dir) + working_bytes(config, spec.max_length, spec.method)
                         + LIBRARY_OVERHEAD_BYTES, what=f"{spec.method.upper()} on this model", device=device,
                         available_bytes=available_bytes)
     model = from_pretrained_checked(source_dir, device_map={"": device},
@@ -216,30 +224,50 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
         raise PipelineInputError(f"calibration_samples is {spec.calibration_samples} but the calibration dataset "
                                  f"gives only {len(sequences)} usable texts; ask for fewer samples.")
     modules = dict(model.named_modules())
-    not_packed = unpackable_reason(spec, {name: modules[name].in_features for name in planned})
+    blocks = _ordered_blocks(model, planned)
+    awq_unfoldable = (awq_fold_problem(config.get("model_type"), modules, blocks) if spec.method == "awq"
+                      else None)
+    awq_folds = spec.method == "awq" and awq_unfoldable is None
+    not_packed = unpackable_reason(spec, {name: modules[name].in_features for name in planned},
+                                   awq_unfoldable=awq_unfoldable)
     grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     losses: dict[str, float] = {}
     alphas: dict[str, float] = {}
+    folded_into: dict[str, str | None] = {}
     tokens_used = 0
-    blocks = _ordered_blocks(model, planned)
     for index, (block, names) in enumerate(blocks):
         report(5 + 80 * index // len(blocks), f"{spec.method.upper()} {spec.bits}-bit: block "
                                                f"{block or '(top level)'} ({len(names)} layers)")
         hessians, mean_abs, tokens_used = _measure_statistics(model, block, names, sequences, device)
+        if awq_folds:
+            # The loss is measured against the weights as they were before this block's scales were folded.
+            originals = {name: modules[name].weight.data.clone() for name in names}
+            folded = fold_block_scales(modules, block, names, hessians, mean_abs, bits=spec.bits,
+                                       group_size=spec.group_size, sym=spec.sym)
+            alphas.update(folded.alphas)
+            folded_into.update(folded.folded_into)
         for name in names:
             linear = modules[name]
-            if spec.method == "awq":
+            if awq_folds:
+                quantized, scales, zeros = round_to_nearest_grid(linear.weight.data, spec.bits, spec.group_size,
+                                                                 spec.sym)
+                losses[name] = relative_output_error(originals[name], folded.in_original_space(name, quantized),
+                                                     hessians[name])
+            elif spec.method == "awq":
                 quantized, alphas[name] = awq_quantize_weight(linear.weight.data, hessians[name], mean_abs[name],
                                                               bits=spec.bits, group_size=spec.group_size,
                                                               sym=spec.sym)
+                losses[name] = relative_output_error(linear.weight.data, quantized, hessians[name])
             else:
                 quantized, scales, zeros = gptq_quantize_weight(
                     linear.weight.data, hessians[name], bits=spec.bits, group_size=spec.group_size,
                     damping=spec.damping, sym=spec.sym, desc_act=spec.desc_act)
-                if not_packed is None:
-                    grids[name] = (quantized.cpu(), scales.cpu(), zeros.cpu())
-            losses[name] = relative_output_error(linear.weight.data, quantized, hessians[name])
+                losses[name] = relative_output_error(linear.weight.data, quantized, hessians[name])
+            if not_packed is None:
+                grids[name] = (quantized.cpu(), scales.cpu(), zeros.cpu())
             linear.weight.data.copy_(quantized.to(linear.weight.dtype))
+        if awq_folds:
+            del originals, folded
         del hessians, mean_abs
     size_before = directory_weight_bytes(source_dir)
     packed = packed_bytes(model, planned, spec.bits, spec.group_size)
@@ -297,7 +325,13 @@ def _quantize_calibrated_version(source_dir: Path, out_dir: Path, spec: Calibrat
             "kept_modules": [{"name": name, "reason": reason} for name, reason in sorted(kept.items())],
             "module_loss": {name: round(loss, 8) for name, loss in losses.items()},
             **({"awq_alpha": alphas} if alphas else {}),
-            "loss_definition": "||WX - ŴX||² / ||WX||² over the calibration inputs of each layer",
+            **({"awq_folded_into": folded_into} if awq_folds else {}),
+            **({"awq_scales": ("folded into the preceding norm or Linear, one scale vector per group of layers "
+                               "reading the same input" if awq_folds else
+                               f"folded into each layer's own weight: {awq_unfoldable}")}
+               if spec.method == "awq" else {}),
+            "loss_definition": "||WX - ŴX||² / ||WX||² over the calibration inputs of each layer"
+                               + (" (W, X and Ŵ as before AWQ's scales were folded)" if awq_folds else ""),
             "tokenizer_files": copied,
         }
         report(100, f"{spec.method.upper()} quantized {len(planned)} layers to {spec.bits} bits")
