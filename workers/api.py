@@ -56,8 +56,10 @@ class CalibratedQuantizeRequestSerializer(serializers.Serializer):
     group_size = serializers.IntegerField(default=128, help_text="32, 64, 128, or -1 for one scale per channel.")
     damping = serializers.FloatField(default=0.01, help_text="GPTQ's damp_percent: the fraction of the Hessian's "
                                                              "mean diagonal added to it (unused by awq).")
-    sym = serializers.BooleanField(required=False, help_text="Symmetric grid (no zero point); default true for "
-                                                             "gptq, false for awq.")
+    sym = serializers.BooleanField(default=True, help_text="Symmetric grid (no zero point), the default for both "
+                                                           "methods: only symmetric grids are written packed for "
+                                                           "serving engines; false adds a zero point per group "
+                                                           "and writes the version dequantized.")
     desc_act = serializers.BooleanField(default=False, help_text="Act-order: quantize the columns with the "
                                                                  "largest activations first.")
     calibration_dataset = serializers.IntegerField(min_value=1, help_text="A dataset of purpose calibration.")

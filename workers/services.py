@@ -266,7 +266,9 @@ def check_calibrated_quantization(*, version, calibration_dataset, settings: dic
     """The job params of a GPTQ or AWQ request, or the domain error refusing it (creates nothing)."""
     require_quantizable(version=version, actor=actor)
     settings = {key: value for key, value in settings.items() if value is not None}
-    settings.setdefault("sym", settings.get("method") != "awq")  # AWQ's grids have a zero point by default
+    # Symmetric by default for AWQ too (AutoAWQ's default has a zero point): only symmetric grids reload packed
+    # under our compressed-tensors and transformers pins, and a default request should give a servable version.
+    settings.setdefault("sym", True)
     keep_sensitive = settings.pop("keep_sensitive", None)
     skip_modules = settings.get("skip_modules")
     if not (skip_modules is None or isinstance(skip_modules, str) or (

@@ -46,21 +46,20 @@ def test_calibrated_version_is_registered_with_calibration_lineage_and_loads(wor
     assert {"dataset": dataset["id"], "name": dataset["name"], "relation": "calibrated_on"} in detail["parents"]
     quantization = detail["quantization"]
     assert quantization["method"] == method and quantization["bits"] == 4 and quantization["group_size"] == 32
-    assert quantization["sym"] is (method == "gptq")  # AWQ's grids have a zero point by default
+    assert quantization["sym"] is True  # symmetric by default for both, so both are packed for serving
     assert quantization["calibration_dataset"] == {"id": dataset["id"], "sha256": dataset["sha256"]}
     assert quantization["calibration"]["samples"] == 24 and quantization["calibration"]["tokens"] > 24
     assert set(quantization["module_loss"]) == set(quantization["quantized_modules"])
     assert "lm_head" in quantization["skipped_modules"]
     assert quantization["packed_size_bytes"] < quantization["size_before_bytes"]
     assert quantization["device"] and quantization["wall_seconds"] > 0
-    # GPTQ is packed in the format serving engines read from config.json; AWQ stays dequantized, saying why.
+    # Both are packed in the format serving engines read from config.json; AWQ's scales went into the norms.
     config = json.loads((tmp_path / method / "config.json").read_text())
-    if method == "gptq":
-        assert quantization["format"] == "pack-quantized"
-        assert config["quantization_config"]["quant_method"] == "compressed-tensors"
-        assert quantization["size_after_bytes"] == quantization["packed_size_bytes"]
-    else:
-        assert quantization["format"] == "dequantized" and "quantization_config" not in config
+    assert quantization["format"] == "pack-quantized"
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert quantization["size_after_bytes"] == quantization["packed_size_bytes"]
+    if method == "awq":
+        assert quantization["awq_folded_into"]["model.layers.0.self_attn.q_proj"] == "model.layers.0.input_layernorm"
     assert detail["serving"]["command"] == f"vllm serve ./{model}-v2"
 
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
