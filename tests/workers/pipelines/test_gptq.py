@@ -116,13 +116,27 @@ def test_modules_and_skip_modules_choose_the_layers(source_dir, tmp_path):
     spec = CalibratedQuantizeSpec(modules=r"mlp", skip_modules=(r"down_proj",),
                                   keep=("model.layers.1.mlp.up_proj",))
     metadata = quantize_calibrated_version(source_dir, tmp_path / "v", spec, CALIBRATION_TEXTS)
-    assert metadata["quantized_modules"] == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
-                                             "model.layers.1.mlp.gate_proj"]
+    # gate_proj of layer 1 is served fused with the kept up_proj (one gate_up_proj in vLLM): kept with it.
+    assert metadata["quantized_modules"] == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
     reasons = {item["name"]: item["reason"] for item in metadata["kept_modules"]}
     assert reasons["model.layers.1.mlp.up_proj"] == "keep_sensitive"
+    assert reasons["model.layers.1.mlp.gate_proj"].startswith("served fused with model.layers.1.mlp.up_proj")
     # group_size 128 does not divide the tiny model's 64 inputs: written dequantized, and saying why
     assert metadata["format"] == "dequantized" and "does not divide" in metadata["format_note"]
     assert "down_proj" in reasons["model.layers.0.mlp.down_proj"]
+
+
+def test_projections_served_fused_are_kept_together():
+    names = [f"model.layers.0.self_attn.{leaf}" for leaf in ("q_proj", "k_proj", "v_proj", "o_proj")] + \
+            [f"model.layers.0.mlp.{leaf}" for leaf in ("gate_proj", "up_proj", "down_proj")]
+    planned, kept = plan_modules(names, CalibratedQuantizeSpec(skip_modules=(r"k_proj",)))
+    assert planned == ["model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj",
+                       "model.layers.0.mlp.down_proj"]
+    assert kept["model.layers.0.self_attn.k_proj"] == "skip_modules 'k_proj'"
+    assert "q_proj/k_proj/v_proj" in kept["model.layers.0.self_attn.q_proj"]
+    # down_proj and o_proj are fused with nothing: keeping them keeps nothing else.
+    planned, kept = plan_modules(names, CalibratedQuantizeSpec(skip_modules=(r"down_proj|o_proj",)))
+    assert sorted(kept) == ["model.layers.0.mlp.down_proj", "model.layers.0.self_attn.o_proj"]
 
 
 def test_awq_scales_protect_the_channels_with_large_activations():

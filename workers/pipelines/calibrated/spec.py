@@ -22,6 +22,9 @@ MAX_CALIBRATION_SAMPLES = 100_000
 MIN_CALIBRATION_RECORDS = 8  # fewer texts than this give a Hessian too poor to beat round-to-nearest
 MIN_MAX_LENGTH, MAX_MAX_LENGTH = 8, 32_768
 MAX_KEEP_SENSITIVE = 1_000
+# Projections that vLLM and SGLang load as one fused module per decoder layer (qkv_proj, gate_up_proj); a fused
+# module takes one quantization scheme, so its parts are quantized or kept together.
+FUSED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,24 @@ def plan_modules(linear_names: list[str], spec: CalibratedQuantizeSpec) -> tuple
     for name in spec.keep:
         if name in chosen:
             kept.setdefault(name, "keep_sensitive")
+    _keep_fused_siblings(chosen, kept)
     planned = [name for name in chosen if name not in kept]
     if not planned:
         raise _field_error("skip_modules", "Nothing left to quantize: modules, skip_modules and keep_sensitive "
                                            f"together exclude all {len(chosen)} chosen Linear layers.")
     return planned, kept
+
+
+def _keep_fused_siblings(chosen: list[str], kept: dict[str, str]) -> None:
+    """Keep, in place, every chosen projection that serving engines fuse with a kept one."""
+    chosen_set = set(chosen)
+    for name, reason in list(kept.items()):
+        parent, _, leaf = name.rpartition(".")
+        for fused in FUSED_PROJECTIONS:
+            if leaf not in fused:
+                continue
+            for sibling in fused:
+                sibling_name = f"{parent}.{sibling}"
+                if sibling_name in chosen_set and sibling_name not in kept:
+                    kept[sibling_name] = (f"served fused with {name} (kept: {reason}); vLLM and SGLang load "
+                                          f"{'/'.join(fused)} of a layer as one module with one scheme")
