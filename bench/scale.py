@@ -275,6 +275,9 @@ def main() -> None:
     token = api_token()
     api = Api(token)
     worker_pid = ROOT / ".var" / "run" / "worker.pid"
+    deadline = time.monotonic() + 30  # a worker started with --detach writes its pid file a moment after `make up`
+    while not worker_pid.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
     if not worker_pid.is_file():
         sys.exit("No worker pid file at .var/run/worker.pid: start the stack first (make up).")
     memory = WorkerMemory(worker_pid)

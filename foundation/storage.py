@@ -19,7 +19,7 @@ from minio.commonconfig import COMPLIANCE, GOVERNANCE
 from minio.error import S3Error
 from minio.retention import Retention
 
-from foundation.errors import InvalidInput, NotFound, StorageUnavailable, TooLarge
+from foundation.errors import InvalidInput, NotFound, StorageUnavailable, TooLarge, Unprocessable
 
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
@@ -221,19 +221,62 @@ def read_range(key: str, offset: int, length: int, *, version_id: str = "") -> b
     return _read(key, version_id=version_id, offset=offset, length=length)
 
 
-def read_bytes(key: str, *, version_id: str = "") -> bytes:
-    return _read(key, version_id=version_id)
+def read_bytes(key: str, *, version_id: str = "", sha256: str = "") -> bytes:
+    """The whole object; with `sha256`, Unprocessable unless the bytes still match it."""
+    data = _read(key, version_id=version_id)
+    if sha256:
+        _check_sha256(key, sha256, hashlib.sha256(data).hexdigest())
+    return data
+
+
+def _check_sha256(key: str, expected: str, read: str) -> None:
+    if read != expected:
+        raise Unprocessable(f"Object {key} no longer matches the SHA-256 recorded when it was stored (expected "
+                            f"{expected}, read {read}): it was altered or damaged in storage, so nothing was "
+                            "computed from it. Restore the object from a backup.")
 
 
 
-def download_to(key: str, destination: Path, *, version_id: str = "") -> None:
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+
+
+def download_to(key: str, destination: Path, *, version_id: str = "", sha256: str = "") -> None:
+    """Write the object to `destination`. With `sha256`, the bytes are hashed as they arrive and a mismatch is
+    Unprocessable, with nothing left at `destination`: what a job computes on must be what was sealed."""
     destination.parent.mkdir(parents=True, exist_ok=True)
+    if not sha256:
+        try:
+            _client().fget_object(_bucket(), key, str(destination), version_id=version_id or None)
+        except S3Error as error:
+            raise _missing_or_raise(key, error) from error
+        except _TRANSPORT_ERRORS as error:
+            raise _unavailable(error) from error
+        return
+    partial = destination.with_name(destination.name + ".partial")
+    digest = hashlib.sha256()
+    response = None
     try:
-        _client().fget_object(_bucket(), key, str(destination), version_id=version_id or None)
+        response = _client().get_object(_bucket(), key, version_id=version_id or None)
+        with open(partial, "wb") as out:
+            for chunk in response.stream(DOWNLOAD_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
     except S3Error as error:
+        partial.unlink(missing_ok=True)
         raise _missing_or_raise(key, error) from error
     except _TRANSPORT_ERRORS as error:
+        partial.unlink(missing_ok=True)
         raise _unavailable(error) from error
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+    try:
+        _check_sha256(key, sha256, digest.hexdigest())
+    except Unprocessable:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(destination)
 
 
 def _missing_or_raise(key: str, error: S3Error) -> Exception:

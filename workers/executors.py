@@ -20,10 +20,11 @@ from workers.pipelines.quantize import QuantizeSpec, quantize_version
 
 
 def download_version(version: ModelVersion, destination: Path) -> Path:
-    """Materialise a sealed version's files in a local directory (the layout from_pretrained expects)."""
+    """Materialise a sealed version's files in a local directory (the layout from_pretrained expects), each
+    checked against the SHA-256 recorded at upload."""
     for version_file in version.files.all():
         storage.download_to(version_file.object_key, destination / version_file.path,
-                            version_id=version_file.storage_version_id)
+                            version_id=version_file.storage_version_id, sha256=version_file.sha256)
     return destination
 
 
@@ -102,7 +103,7 @@ def download_loadable(version: ModelVersion, destination: Path) -> tuple[Path, P
 
 
 def read_dataset(dataset: Dataset) -> list[dict]:
-    raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id)
+    raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id, sha256=dataset.sha256)
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
@@ -316,7 +317,7 @@ def execute_pii_scan(*, job, workdir: Path, report) -> dict:
     dataset = Dataset.objects.get(pk=job.params["dataset"])
     report(2, f"Downloading dataset {dataset.name}")
     path = workdir / "dataset.jsonl"
-    storage.download_to(dataset.object_key, path, version_id=dataset.storage_version_id)
+    storage.download_to(dataset.object_key, path, version_id=dataset.storage_version_id, sha256=dataset.sha256)
     return services.scan_dataset_file(dataset_id=dataset.pk, path=path,
                                       report=lambda percent, message: report(5 + int(percent * 0.9), message))
 

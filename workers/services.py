@@ -374,7 +374,7 @@ def record_analysis_result(*, analysis_id: int, result: dict, plots: list[dict])
 
 def dataset_records(dataset) -> list[dict]:
     """The records of a registered dataset (its lines were checked as JSON when it was registered)."""
-    raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id)
+    raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id, sha256=dataset.sha256)
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
@@ -652,7 +652,7 @@ def scan_dataset_on_registration(*, dataset_id: int) -> None:
     the result), else in a job (the dataset stays `scanning` until it is done)."""
     dataset = Dataset.objects.get(pk=dataset_id)
     if dataset.size <= settings.PII_INLINE_SCAN_BYTES:
-        raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id)
+        raw = storage.read_bytes(dataset.object_key, version_id=dataset.storage_version_id, sha256=dataset.sha256)
         summary, findings = _scan_summary_and_findings(pii.scan_records(raw.splitlines(), _pii_scan_spec()))
         registry_services.record_pii_scan(dataset_id=dataset.pk, summary=summary, findings=findings)
         return
@@ -698,7 +698,8 @@ def redact_dataset(*, dataset, strategy: str, types: list[str] | None, actor):
     Path(settings.WORK_DIR).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.WORK_DIR) as scratch:
         source, redacted = Path(scratch) / "source.jsonl", Path(scratch) / "redacted.jsonl"
-        storage.download_to(dataset.object_key, source, version_id=dataset.storage_version_id)
+        storage.download_to(dataset.object_key, source, version_id=dataset.storage_version_id,
+                            sha256=dataset.sha256)
         summary = pii.redact_jsonl(source, redacted, strategy, types, spec=spec)
         with redacted.open("rb") as handle:
             return registry_services.register_dataset(

@@ -45,9 +45,8 @@ LAYER_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory):
-    # Trained so its predictions are peaked: an untrained model's near-uniform outputs hide quantization error.
-    return build_tiny_llama(tmp_path_factory.mktemp("reference") / "model", train_steps=30)
+def reference_dir(trained_tiny_llama_dir):
+    return trained_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")

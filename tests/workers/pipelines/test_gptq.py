@@ -14,11 +14,8 @@ from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec, plan_modul
 from workers.pipelines.errors import JobCancelled, PipelineInputError
 from workers.pipelines.memory import ModelDoesNotFit
 from workers.pipelines.quantize import QuantizeSpec, quantize_version
-from workers.pipelines.tiny_model import SAMPLE_TEXTS, build_tiny_llama
-
-# Calibrate on one half of the texts, judge on the other: the gain must carry over to text GPTQ did not see.
-CALIBRATION_TEXTS = SAMPLE_TEXTS[::2]
-EVALUATION_TEXTS = SAMPLE_TEXTS[1::2]
+from tests.workers.pipelines.conftest import CALIBRATION_TEXTS, mean_kl
+from workers.pipelines.tiny_model import build_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +29,6 @@ def gptq_4bit(source_dir, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("gptq") / "version"
     spec = CalibratedQuantizeSpec(bits=4, group_size=32)
     return out_dir, quantize_calibrated_version(source_dir, out_dir, spec, CALIBRATION_TEXTS)
-
-
-def mean_kl(reference, candidate, tokenizer) -> float:
-    """Mean KL(reference || candidate) per token over the evaluation texts."""
-    values = []
-    with torch.no_grad():
-        for text in EVALUATION_TEXTS:
-            ids = tokenizer(text, return_tensors="pt")["input_ids"]
-            p = reference(input_ids=ids).logits.double().log_softmax(-1)
-            q = candidate(input_ids=ids).logits.double().log_softmax(-1)
-            values.append((p.exp() * (p - q)).sum(-1).flatten())
-    return float(torch.cat(values).mean())
 
 
 def test_gptq_4bit_group_32_is_closer_to_the_source_than_round_to_nearest(source_dir, gptq_4bit, tmp_path):

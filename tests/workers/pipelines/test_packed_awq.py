@@ -15,10 +15,9 @@ from workers.pipelines.calibrated.awq import awq_fold_problem, decoder_scale_gro
 from workers.pipelines.calibrated.gptq import round_to_nearest
 from workers.pipelines.calibrated.run import quantize_calibrated_version
 from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec
-from workers.pipelines.tiny_model import SAMPLE_TEXTS, build_tiny_llama, build_tokenizer
+from tests.workers.pipelines.conftest import CALIBRATION_TEXTS, mean_kl
+from workers.pipelines.tiny_model import build_tokenizer
 
-CALIBRATION_TEXTS = SAMPLE_TEXTS[::2]
-EVALUATION_TEXTS = SAMPLE_TEXTS[1::2]
 PROMPT_IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 31, 64]])
 AWQ_4BIT_G32 = CalibratedQuantizeSpec(method="awq", bits=4, group_size=32, sym=True)
 TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -30,16 +29,6 @@ def logits(model, ids=PROMPT_IDS) -> torch.Tensor:
         return model(input_ids=ids).logits.float()
 
 
-def mean_kl(reference, candidate, tokenizer) -> float:
-    """Mean KL(reference || candidate) per token over the evaluation texts (AWQ calibrated on the others)."""
-    values = []
-    for text in EVALUATION_TEXTS:
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
-        p, q = logits(reference, ids).double().log_softmax(-1), logits(candidate, ids).double().log_softmax(-1)
-        values.append((p.exp() * (p - q)).sum(-1).flatten())
-    return float(torch.cat(values).mean())
-
-
 def save_with_tokenizer(model, out_dir):
     model.save_pretrained(str(out_dir))
     build_tokenizer(model.config.vocab_size).save_pretrained(str(out_dir))
@@ -47,8 +36,8 @@ def save_with_tokenizer(model, out_dir):
 
 
 @pytest.fixture(scope="module")
-def source_dir(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("source") / "model", train_steps=30)
+def source_dir(trained_tiny_llama_dir):
+    return trained_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ from workers.pipelines.calibrated.run import quantize_calibrated_version
 from workers.pipelines.calibrated.spec import CalibratedQuantizeSpec
 from workers.pipelines.lora import LoraSpec, merge_lora, train_lora
 from workers.pipelines.errors import PipelineInputError
-from workers.pipelines.tiny_model import SAMPLE_TEXTS, build_tiny_llama
+from workers.pipelines.tiny_model import SAMPLE_TEXTS
 
 PROMPT_IDS = torch.tensor([[1, 17, 42, 99, 7, 250, 31, 64]])
 
 
 @pytest.fixture(scope="module")
-def source_dir(tmp_path_factory):
-    return build_tiny_llama(tmp_path_factory.mktemp("source") / "model", train_steps=30)
+def source_dir(trained_tiny_llama_dir):
+    return trained_tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
