@@ -102,7 +102,7 @@ class JobListView(APIView):
 
     @extend_schema(responses=JobSerializer(many=True), operation_id="jobs_list", parameters=list_parameters(
         filter_parameter("status", "Only jobs in this status: queued, running, succeeded, failed or cancelled."),
-        filter_parameter("kind", "Only jobs of this kind: quantize, analysis, lora, evaluation, pii_scan or report."),
+        filter_parameter("kind", "Only jobs of this kind: " + ", ".join(Job.Kind.values) + "."),
         filter_parameter("model", "Only jobs on versions of this model.")))
     def get(self, request):
         params = request.query_params

@@ -74,8 +74,9 @@ def execute_calibrated_quantize(*, job, workdir: Path, report) -> dict:
     metadata["calibration_dataset"] = {"id": dataset.pk, "sha256": dataset.sha256}
     if keep_sensitive:
         kept = {item["name"] for item in metadata["kept_modules"] if item["reason"] == "keep_sensitive"}
-        rule = (f"among the {keep_sensitive['top_n']} layers with the largest relative error"
-                if keep_sensitive.get("top_n") is not None
+        top_n = keep_sensitive.get("top_n")
+        rule = ("the layer with the largest relative error" if top_n == 1
+                else f"among the {top_n} layers with the largest relative error" if top_n is not None
                 else f"relative error above {keep_sensitive['max_relative_error']}")
         metadata["keep_sensitive"] = {**keep_sensitive, "kept": sorted(kept),
                                       "reason": f"{rule} in analysis {keep_sensitive['analysis']}"}
