@@ -10,7 +10,7 @@ from foundation.pagination import ARRAY_OF_OBJECTS, filter_parameter, list_param
 from foundation.permissions import EngineerWrites
 from registry import selectors
 from registry.api import DatasetSerializer
-from workers import services
+from workers import distillation_services, pii_services, services
 from workers.models import Job
 from workers.pipelines import pii
 from workers.pipelines.calibrated.spec import CALIBRATED_METHODS
@@ -305,7 +305,7 @@ class DistillationListView(APIView):
         data = payload.validated_data
         teacher = selectors.get_version(data["teacher"]["model"], data["teacher"]["version"])
         students = [selectors.get_version(item["model"], item["version"]) for item in data["students"]]
-        distillation = services.request_distillation(
+        distillation = distillation_services.request_distillation(
             teacher=teacher, students=students, dataset=selectors.get_dataset(data["dataset"]),
             eval_dataset=selectors.get_dataset(data["eval_dataset"]), sizes=data["sizes"],
             label_field=data["label_field"], lora_settings=data["lora"], f1_relative_min=data.get("f1_relative_min"),
@@ -367,9 +367,9 @@ class DatasetRedactView(APIView):
     def post(self, request, dataset_id):
         payload = RedactionRequestSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        redacted = services.redact_dataset(dataset=selectors.get_dataset(dataset_id),
-                                           strategy=payload.validated_data["strategy"],
-                                           types=payload.validated_data.get("types"), actor=request.user)
+        redacted = pii_services.redact_dataset(dataset=selectors.get_dataset(dataset_id),
+                                               strategy=payload.validated_data["strategy"],
+                                               types=payload.validated_data.get("types"), actor=request.user)
         return Response(DatasetSerializer(selectors.get_dataset(redacted.pk)).data, status=status.HTTP_201_CREATED)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from foundation import storage
 from registry import services as registry_services
 from registry.models import Dataset, LineageEdge, ModelVersion
-from workers import charts, services, signals
+from workers import charts, distillation_services, pii_services, services, signals
 from workers.models import Job
 from workers.pipelines.calibrated.run import quantize_calibrated_version
 from workers.pipelines.calibrated.spec import CALIBRATED_METHODS, CalibratedQuantizeSpec
@@ -217,7 +217,7 @@ def execute_distillation(*, job, workdir: Path, report) -> dict:
         scored = evaluate_model(teacher_dir, eval_records, spec, adapter_dir=teacher_adapter,
                                 report=lambda percent, message: report(10 + percent * 8 // 100,
                                                                        f"Teacher: {message}"))
-        services.record_distillation_teacher(distillation_id=distillation.pk, teacher_result={
+        distillation_services.record_distillation_teacher(distillation_id=distillation.pk, teacher_result={
             "f1": scored["metrics"]["macro_f1"]["value"], "accuracy": scored["metrics"]["accuracy"]["value"],
             "latency_ms_per_sample": 1000 * scored["seconds"] / scored["samples"],
             "params": pipeline.parameter_count(teacher_dir)
@@ -231,7 +231,7 @@ def execute_distillation(*, job, workdir: Path, report) -> dict:
     report(19, "Registering the stratified subsets")
     subsets = {}
     for size, indices in pipeline.stratified_subsets(labels, sizes).items():
-        subsets[size] = services.record_distillation_subset(
+        subsets[size] = distillation_services.record_distillation_subset(
             distillation_id=distillation.pk, size=size, texts=[texts[index] for index in indices],
             labels=[labels[index] for index in indices], actor=job.created_by)
 
@@ -253,14 +253,14 @@ def execute_distillation(*, job, workdir: Path, report) -> dict:
         adapter_dir = workdir / f"adapter-{student.pk}-{size}"
         lora = dict(params["lora"])
         metadata = train_lora(student_dir, read_dataset(subset), adapter_dir,
-                              services.lora_spec_from(lora),
+                              distillation_services.lora_spec_from(lora),
                               report=lambda percent, message, scaled=scaled: scaled(percent * 60 // 100, message),
                               base_reference=f"{student.model.name}/{student.number}")
         metadata["dataset"] = {"id": subset.pk, "name": subset.name, "sha256": subset.sha256}
         metadata["distillation"] = {"id": distillation.pk, "size": size,
                                     "teacher": {"model": teacher.model.name, "version": teacher.number}}
-        cell_job = services.distillation_cell_job(distillation_id=distillation.pk, student=student, size=size,
-                                                  subset=subset, lora=lora)
+        cell_job = distillation_services.distillation_cell_job(distillation_id=distillation.pk, student=student,
+                                                               size=size, subset=subset, lora=lora)
         version = registry_services.register_derived_version(
             parent=student, job=cell_job, local_dir=adapter_dir, kind=ModelVersion.Kind.LORA,
             relation=LineageEdge.Relation.ADAPTED_FROM, metadata=metadata,
@@ -271,18 +271,19 @@ def execute_distillation(*, job, workdir: Path, report) -> dict:
                                 report=lambda percent, message, scaled=scaled: scaled(60 + percent * 40 // 100,
                                                                                       message))
         f1 = scored["metrics"]["macro_f1"]["value"]
-        services.record_distillation_row(distillation_id=distillation.pk, cell_job_id=cell_job.pk, row={
-            "size": size, "student": {"model": student.model.name, "version": student.number},
-            "student_id": student.pk, "version": version.number, "f1": f1,
-            "f1_stderr": scored["metrics"]["macro_f1"]["stderr"],
-            "f1_relative_to_teacher": f1 / teacher_f1 if teacher_f1 else None,
-            "accuracy": scored["metrics"]["accuracy"]["value"],
-            # Wall time of the evaluation, model load included, per record.
-            "latency_ms_per_sample": 1000 * scored["seconds"] / scored["samples"],
-            "params": pipeline.parameter_count(student_dir)})
+        distillation_services.record_distillation_row(
+            distillation_id=distillation.pk, cell_job_id=cell_job.pk, row={
+                "size": size, "student": {"model": student.model.name, "version": student.number},
+                "student_id": student.pk, "version": version.number, "f1": f1,
+                "f1_stderr": scored["metrics"]["macro_f1"]["stderr"],
+                "f1_relative_to_teacher": f1 / teacher_f1 if teacher_f1 else None,
+                "accuracy": scored["metrics"]["accuracy"]["value"],
+                # Wall time of the evaluation, model load included, per record.
+                "latency_ms_per_sample": 1000 * scored["seconds"] / scored["samples"],
+                "params": pipeline.parameter_count(student_dir)})
         shutil.rmtree(adapter_dir, ignore_errors=True)
     report(99, "Choosing the best candidate")
-    best = services.finish_distillation(distillation_id=distillation.pk)
+    best = distillation_services.finish_distillation(distillation_id=distillation.pk)
     return {"distillation": distillation.pk, "best": best}
 
 
@@ -319,8 +320,8 @@ def execute_pii_scan(*, job, workdir: Path, report) -> dict:
     report(2, f"Downloading dataset {dataset.name}")
     path = workdir / "dataset.jsonl"
     storage.download_to(dataset.object_key, path, version_id=dataset.storage_version_id, sha256=dataset.sha256)
-    return services.scan_dataset_file(dataset_id=dataset.pk, path=path,
-                                      report=lambda percent, message: report(5 + int(percent * 0.9), message))
+    return pii_services.scan_dataset_file(dataset_id=dataset.pk, path=path,
+                                          report=lambda percent, message: report(5 + int(percent * 0.9), message))
 
 
 def execute_merge(*, job, workdir: Path, report) -> dict:

@@ -1,10 +1,10 @@
 """The worker side listens to the registry's announcements (connected in WorkersConfig.ready)."""
 from registry import signals
-from workers import services
+from workers import pii_services
 
 
 def on_dataset_registered(sender, *, dataset_id: int, **_):
-    services.scan_dataset_on_registration(dataset_id=dataset_id)
+    pii_services.scan_dataset_on_registration(dataset_id=dataset_id)
 
 
 def connect() -> None:

@@ -2,7 +2,7 @@
 large ones as jobs for the worker."""
 from django.core.management.base import BaseCommand
 
-from workers.services import scan_unscanned_datasets
+from workers.pii_services import scan_unscanned_datasets
 
 
 class Command(BaseCommand):
