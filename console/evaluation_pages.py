@@ -5,19 +5,16 @@ per-class table and the confusion matrix. A distillation's page shows its table 
 candidate marked, the F1-vs-size figure, and a button that opens a change request for the best candidate through
 governance.services (the API's door, so the role and team checks apply).
 """
-from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
+from django.contrib import admin
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from console.forms import BestCandidateChangeRequestForm, add_domain_error, add_serializer_errors
+from console.candidate_change_requests import open_candidate_change_request
+from console.forms import BestCandidateChangeRequestForm
 from console.measurements import with_uncertainty
 from foundation.admin_access import RoleAccessMixin
-from foundation.errors import DomainError
 from foundation.roles import ML_ENGINEER, has_role
-from governance import services as governance_services
-from governance.api import ChangeRequestOpenSerializer
 from registry.models import ModelVersion
 from reports.templatetags.report_format import num
 from workers import charts, task_charts
@@ -365,35 +362,8 @@ class DistillationAdmin(RoleAccessMixin, admin.ModelAdmin):
         """Open a change request for the best candidate against the alias named in the form."""
         distillation = get_object_or_404(Distillation.objects.select_related("job", "teacher__model"),
                                          pk=distillation_id)
-        back = HttpResponseRedirect(reverse("admin:workers_distillation_change", args=[distillation_id]))
-        if request.method != "POST":
-            return back
-        if not has_role(request.user, ML_ENGINEER):
-            messages.error(request, "Opening a change request needs the ml_engineer role.")
-            return back
-        version = best_candidate_version(distillation)
-        if version is None:
-            messages.error(request, "This distillation has no best candidate to deploy.")
-            return back
-        form = BestCandidateChangeRequestForm(request.POST)
-        data = None
-        if form.is_valid():
-            justification = form.cleaned_data["justification"].strip() or best_candidate_justification(distillation)
-            data = add_serializer_errors(form, ChangeRequestOpenSerializer, {
-                "model": version.model.name, "version": version.number, "alias": form.cleaned_data["alias"],
-                "justification": justification})
-        if data:
-            try:
-                change_request = governance_services.open_change_request(
-                    model=version.model, alias=data["alias"], version_number=data["version"],
-                    justification=data["justification"], actor=request.user)
-                messages.success(request, f"Change request #{change_request.pk} opened: {version.model.name}@"
-                                          f"{change_request.alias} → v{version.number} ({change_request.status}).")
-                return HttpResponseRedirect(reverse("admin:governance_changerequest_change",
-                                                    args=[change_request.pk]))
-            except DomainError as error:
-                add_domain_error(form, error)
-        # Refused (a bad alias, the alias already there, not on the model's team): the reason on the page.
-        messages.error(request, "No change request was opened: " + " ".join(
-            str(error) for errors in form.errors.values() for error in errors))
-        return back
+        return open_candidate_change_request(
+            request, experiment=distillation, candidate_version=best_candidate_version,
+            default_justification=best_candidate_justification, form_class=BestCandidateChangeRequestForm,
+            page_url=reverse("admin:workers_distillation_change", args=[distillation_id]),
+            no_candidate="This distillation has no best candidate to deploy.")

@@ -1,18 +1,15 @@
 """Quantization sweeps in the admin: the table of candidates (size, distance from the source, each gate's verdict),
 the size-vs-KL figure, links to every version, analysis and job, and a button that opens a change request for the
 recommended version through governance.services (the API's door, so the role and team checks apply)."""
-from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
+from django.contrib import admin
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from console.forms import RecommendedCandidateChangeRequestForm, add_domain_error, add_serializer_errors
+from console.candidate_change_requests import open_candidate_change_request
+from console.forms import RecommendedCandidateChangeRequestForm
 from foundation.admin_access import RoleAccessMixin
-from foundation.errors import DomainError
 from foundation.roles import ML_ENGINEER, has_role
-from governance import services as governance_services
-from governance.api import ChangeRequestOpenSerializer
 from registry.models import ModelVersion
 from reports.templatetags.report_format import num
 from workers import charts, sweep_charts
@@ -182,34 +179,8 @@ class QuantizationSweepAdmin(RoleAccessMixin, admin.ModelAdmin):
         """Open a change request for the recommended version against the alias named in the form, its gates'
         analysis on the sweep's evaluation dataset."""
         sweep = get_object_or_404(QuantizationSweep.objects.select_related("job", "source__model"), pk=sweep_id)
-        back = HttpResponseRedirect(reverse("admin:workers_quantizationsweep_change", args=[sweep_id]))
-        if request.method != "POST":
-            return back
-        if not has_role(request.user, ML_ENGINEER):
-            messages.error(request, "Opening a change request needs the ml_engineer role.")
-            return back
-        version = recommended_version(sweep)
-        if version is None:
-            messages.error(request, "This sweep recommends no version to deploy.")
-            return back
-        form = RecommendedCandidateChangeRequestForm(request.POST)
-        data = None
-        if form.is_valid():
-            justification = form.cleaned_data["justification"].strip() or recommended_justification(sweep)
-            data = add_serializer_errors(form, ChangeRequestOpenSerializer, {
-                "model": version.model.name, "version": version.number, "alias": form.cleaned_data["alias"],
-                "justification": justification, "dataset": sweep.dataset_id})
-        if data:
-            try:
-                change_request = governance_services.open_change_request(
-                    model=version.model, alias=data["alias"], version_number=data["version"],
-                    justification=data["justification"], dataset_id=data["dataset"], actor=request.user)
-                messages.success(request, f"Change request #{change_request.pk} opened: {version.model.name}@"
-                                          f"{change_request.alias} → v{version.number} ({change_request.status}).")
-                return HttpResponseRedirect(reverse("admin:governance_changerequest_change",
-                                                    args=[change_request.pk]))
-            except DomainError as error:
-                add_domain_error(form, error)
-        messages.error(request, "No change request was opened: " + " ".join(
-            str(error) for errors in form.errors.values() for error in errors))
-        return back
+        return open_candidate_change_request(
+            request, experiment=sweep, candidate_version=recommended_version,
+            default_justification=recommended_justification, form_class=RecommendedCandidateChangeRequestForm,
+            page_url=reverse("admin:workers_quantizationsweep_change", args=[sweep_id]),
+            no_candidate="This sweep recommends no version to deploy.", dataset_id=sweep.dataset_id)
