@@ -444,7 +444,8 @@ def _kill_s3(directory) -> None:
 
 
 def _download_in_progress(workdir, minimum: int):
-    parts = [path for path in workdir.glob("job-*/source/*.part.minio") if path.stat().st_size >= minimum]
+    """A file of the source version being written (storage.download_to's `.partial`, hashed as it arrives)."""
+    parts = [path for path in workdir.glob("job-*/source/*.partial") if path.stat().st_size >= minimum]
     return bool(parts)
 
 
