@@ -7,6 +7,7 @@ from django import forms
 
 from foundation.errors import DomainError
 from registry.models import Dataset, ModelVersion
+from workers.pipelines.calibrated.spec import BITS, CALIBRATED_METHODS, GROUP_SIZES
 from workers.pipelines.specs import METHODS, LoraSpec
 
 LORA_DEFAULTS = LoraSpec()
@@ -170,6 +171,46 @@ class LoraUpdateForm(forms.Form):
                    "learning_rate": data["learning_rate"]}
         if _comma_list(data.get("target_modules")):
             payload["target_modules"] = _comma_list(data["target_modules"])
+        return payload
+
+
+class CalibratedQuantizeForm(forms.Form):
+    """GPTQ or AWQ on a calibration dataset: the settings of POST .../quantize with method gptq or awq."""
+
+    method = forms.ChoiceField(choices=[(method, method.upper()) for method in CALIBRATED_METHODS])
+    calibration_dataset = DatasetChoiceField(purpose=Dataset.Purpose.CALIBRATION,
+                                             help_text="Domain text the method measures each layer's inputs on; "
+                                                       "free of personal data, at least 8 records.")
+    bits = forms.TypedChoiceField(coerce=int, initial=4, choices=[
+        (bits, f"{bits}") for bits in sorted(set(BITS["gptq"]) | set(BITS["awq"]))],
+        help_text="2, 3, 4 or 8 for GPTQ; 4 for AWQ.")
+    group_size = forms.TypedChoiceField(coerce=int, initial=128, choices=[
+        (size, "per output channel" if size == -1 else f"{size}") for size in GROUP_SIZES],
+        help_text="Weights sharing one scale.")
+    sym = forms.BooleanField(required=False, initial=True, label="Symmetric grid",
+                             help_text="Only symmetric grids are written packed for vLLM and SGLang.")
+    desc_act = forms.BooleanField(required=False, label="Act-order", help_text="GPTQ only.")
+    damping = forms.FloatField(initial=0.01, help_text="GPTQ's damp_percent.")
+    calibration_samples = forms.IntegerField(required=False, min_value=1,
+                                             help_text="Empty: every record, at most 128.")
+    max_length = forms.IntegerField(initial=512, help_text="Tokens per calibration sample.")
+    skip_modules = forms.CharField(required=False, max_length=1000,
+                                   help_text="A regular expression; empty: embeddings, norms and lm_head stay in "
+                                             "full precision.")
+
+    def __init__(self, *args, version: ModelVersion, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["calibration_dataset"].offer_only_purpose()
+
+    def api_payload(self) -> dict:
+        data = self.cleaned_data
+        payload = {name: data[name] for name in ("method", "bits", "group_size", "sym", "desc_act", "damping",
+                                                  "max_length")}
+        payload["calibration_dataset"] = data["calibration_dataset"].pk
+        if data.get("calibration_samples"):
+            payload["calibration_samples"] = data["calibration_samples"]
+        if data.get("skip_modules"):
+            payload["skip_modules"] = data["skip_modules"]
         return payload
 
 

@@ -160,6 +160,9 @@ class ModelVersionAdmin(RoleAccessMixin, admin.ModelAdmin):
                  name="registry_modelversion_seal"),
             path("<int:version_id>/quantize/", self.admin_site.admin_view(self.quantize_view),
                  name="registry_modelversion_quantize"),
+            path("<int:version_id>/calibrated_quantize/",
+                 self.admin_site.admin_view(lambda r, version_id: version_actions.start_calibrated_quantize_view(
+                     self.admin_site, r, version_id)), name="registry_modelversion_calibrated_quantize"),
             path("<int:version_id>/analysis/",
                  self.admin_site.admin_view(lambda r, version_id: version_actions.start_analysis_view(
                      self.admin_site, r, version_id)), name="registry_modelversion_analysis"),

@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from console.forms import (
     AnalysisStartForm,
+    CalibratedQuantizeForm,
     ChangeRequestOpenForm,
     EvaluationStartForm,
     LoraUpdateForm,
@@ -29,13 +30,18 @@ from registry import selectors
 from registry.models import ModelVersion
 from workers import services as job_services
 from workers import sweep_services
-from workers.api import AnalysisRequestSerializer, EvaluationRequestSerializer, LoraRequestSerializer
+from workers.api import (
+    AnalysisRequestSerializer,
+    CalibratedQuantizeRequestSerializer,
+    EvaluationRequestSerializer,
+    LoraRequestSerializer,
+)
 from workers.merge_services import start_merge
 from workers.sweep_api import QuantizationSweepRequestSerializer
 
 
 def version_forms(version: ModelVersion, *, data=None, only: str | None = None) -> dict:
-    """The five forms of a version page, unbound (or `only` one of them bound to `data`)."""
+    """The six forms of a version page, unbound (or `only` one of them bound to `data`)."""
     def bind(name):
         return data if only == name else None
 
@@ -45,6 +51,8 @@ def version_forms(version: ModelVersion, *, data=None, only: str | None = None) 
         "evaluation_form": EvaluationStartForm(bind("evaluation"), version=version, prefix="evaluation"),
         "lora_form": LoraUpdateForm(bind("lora"), version=version, prefix="lora",
                                     module_names=selectors.module_names_of(version)),
+        "calibrated_quantize_form": CalibratedQuantizeForm(bind("calibrated_quantize"), version=version,
+                                                           prefix="calibrated"),
         "quantization_sweep_form": QuantizationSweepStartForm(bind("quantization_sweep"), version=version,
                                                               prefix="sweep", alias_names=alias_names),
         "change_request_form": ChangeRequestOpenForm(bind("change_request"), version=version, prefix="cr",
@@ -56,6 +64,8 @@ ACTIONS = {
     "analysis": {"title": "Start an analysis", "form": "analysis_form", "submit": "Start analysis"},
     "evaluation": {"title": "Start a task evaluation", "form": "evaluation_form", "submit": "Start evaluation"},
     "lora": {"title": "Train a LoRA update", "form": "lora_form", "submit": "Start training"},
+    "calibrated_quantize": {"title": "Quantize with calibration (GPTQ, AWQ)", "form": "calibrated_quantize_form",
+                            "submit": "Start calibrated quantization"},
     "quantization_sweep": {"title": "Start a quantization sweep", "form": "quantization_sweep_form",
                            "submit": "Start sweep"},
     "change_request": {"title": "Open a change request", "form": "change_request_form",
@@ -151,6 +161,28 @@ def start_lora_view(admin_site, request, version_id):
         except DomainError as error:
             add_domain_error(form, error)
     return _refused(request, admin_site, version, "lora", form)
+
+
+def start_calibrated_quantize_view(admin_site, request, version_id):
+    version, back = _version_or_back(request, version_id)
+    if back:
+        return back
+    form = version_forms(version, data=request.POST, only="calibrated_quantize")["calibrated_quantize_form"]
+    payload = form.api_payload() if form.is_valid() else None
+    data = payload and add_serializer_errors(form, CalibratedQuantizeRequestSerializer, payload)
+    if data:
+        settings = dict(data)
+        settings.pop("calibration_dataset")
+        try:
+            job = job_services.start_calibrated_quantization(
+                version=version, calibration_dataset=form.cleaned_data["calibration_dataset"], settings=settings,
+                actor=request.user)
+            messages.success(request, f"{settings['method'].upper()} quantization of v{version.number} queued as "
+                                      f"job {job.pk}.")
+            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))
+        except DomainError as error:
+            add_domain_error(form, error)
+    return _refused(request, admin_site, version, "calibrated_quantize", form)
 
 
 def start_quantization_sweep_view(admin_site, request, version_id):

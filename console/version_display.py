@@ -40,12 +40,17 @@ def quantization_rows(record: dict) -> list[tuple[str, str]]:
     method = record.get("method") or settings.get("method")
     before, after = record.get("size_before_bytes"), record.get("size_after_bytes")
     ratio = record.get("size_ratio") or (after / before if before and after else None)
-    rows = [
-        ("Method", {"nf4": "NF4 (4-bit NormalFloat)", "fp4": "FP4 (4-bit float)", "int8": "INT8 (8-bit)"}
-         .get(method, method or "—")),
-        ("Bits", {"nf4": "4", "fp4": "4", "int8": "8"}.get(method, "—")),
-        ("Compute dtype", settings.get("compute_dtype") or "—"),
-        ("Double quantization", _yes_no(settings.get("double_quant"))),
+    if method in ("gptq", "awq"):
+        rows = _calibrated_rows(record, method)
+    else:
+        rows = [
+            ("Method", {"nf4": "NF4 (4-bit NormalFloat)", "fp4": "FP4 (4-bit float)", "int8": "INT8 (8-bit)"}
+             .get(method, method or "—")),
+            ("Bits", {"nf4": "4", "fp4": "4", "int8": "8"}.get(method, "—")),
+            ("Compute dtype", settings.get("compute_dtype") or "—"),
+            ("Double quantization", _yes_no(settings.get("double_quant"))),
+        ]
+    rows += [
         ("Skipped modules (full precision)",
          _listing(record.get("skipped_modules") or settings.get("skip_modules"))),
         ("Quantized modules", f"{len(record.get('quantized_modules') or []):,}"),
@@ -56,6 +61,28 @@ def quantization_rows(record: dict) -> list[tuple[str, str]]:
         ("Wall time", seconds(record.get("wall_seconds"))),
     ]
     return rows + library_rows(record)
+
+
+def _calibrated_rows(record: dict, method: str) -> list[tuple[str, str]]:
+    """GPTQ and AWQ settings, the calibration they ran on and how the result is stored."""
+    group_size = record.get("group_size")
+    calibration = record.get("calibration") or {}
+    dataset = record.get("calibration_dataset") or {}
+    rows = [
+        ("Method", f"{method.upper()} (calibrated)"),
+        ("Bits", num(record.get("bits"))),
+        ("Group size", "per output channel" if group_size == -1 else num(group_size)),
+        ("Symmetric grid", _yes_no(record.get("sym"))),
+    ]
+    if method == "gptq":
+        rows += [("Act-order (desc_act)", _yes_no(record.get("desc_act"))), ("Damping", num(record.get("damping")))]
+    rows += [
+        ("Calibration dataset", f"{calibration.get('name') or '—'} (id {dataset.get('id', '—')}), SHA-256 "
+                                f"{(dataset.get('sha256') or '—')[:16]}…"),
+        ("Calibration samples / tokens", f"{num(calibration.get('samples'))} / {num(calibration.get('tokens'))}"),
+        ("Stored as", record.get("format") or "—"),
+    ]
+    return rows
 
 
 def library_rows(record: dict) -> list[tuple[str, str]]:

@@ -120,6 +120,38 @@ def test_engineer_trains_a_lora_update_from_the_form_and_sees_its_curve(worker, 
     page.wait_for_url(f"**/admin/registry/modelversion/{base.pk}/change/")
 
 
+def test_engineer_quantizes_with_gptq_on_calibration_data_from_the_form(worker, web_server, e2e_users, unique,
+                                                                        tiny_model_dir, page):
+    api = client_for(e2e_users["engineer"])
+    model = f"gptq-ui-{unique}"
+    register_sealed_version(api, model, tiny_model_dir)
+    calibration = _dataset(api, f"memos-{unique}", "calibration", [{"text": text} for text in SAMPLE_TEXTS])
+    source = _version(model, 1)
+    admin_login(page, web_server, e2e_users["engineer"].username)
+
+    page.goto(f"{web_server}/admin/registry/modelversion/{source.pk}/change/")
+    form = page.locator("#calibrated_quantize-form")
+    assert form.locator("input[name=calibrated-sym]").is_checked()  # symmetric: packed for serving by default
+    assert form.locator("select[name=calibrated-group_size]").input_value() == "128"
+    _shot(page, "calibrated-quantize-form")
+    form.locator("select[name=calibrated-calibration_dataset]").select_option(str(calibration))
+    form.locator("select[name=calibrated-group_size]").select_option("32")
+    form.locator("input[name=calibrated-max_length]").fill("64")
+    form.locator("input[type=submit]").click()
+
+    page.wait_for_url("**/admin/workers/job/*/change/")
+    assert _wait_for_job_page(page, api) == "Succeeded"
+    page.click(f"#job-result >> text={model} v2")
+    page.wait_for_url(f"**/admin/registry/modelversion/{_version(model, 2).pk}/change/")
+    settings = page.inner_text("#quantization-settings")
+    assert "Method\tGPTQ (calibrated)" in settings and "Group size\t32" in settings
+    assert "Symmetric grid\tyes" in settings and f"memos-{unique} (id {calibration})" in settings
+    assert "Stored as\tpack-quantized" in settings
+    assert f"vllm serve ./{model}-v2" in page.inner_text("#serving")
+    assert "calibrated on" in page.inner_text("#lineage")
+    _shot(page, "calibrated-quantized-version")
+
+
 def test_engineer_opens_and_withdraws_a_change_request_from_the_ui(web_server, e2e_users, unique, tiny_model_dir,
                                                                    page):
     api = client_for(e2e_users["engineer"])

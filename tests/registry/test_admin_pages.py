@@ -178,3 +178,40 @@ def test_rollback_offers_only_versions_deployed_there_and_refuses_others(client,
     assert "rolled back from v3 to v1" in done
     alias.refresh_from_db()
     assert alias.version.number == 1
+
+
+@pytest.fixture
+def calibration_dataset(engineer):
+    upload = SimpleUploadedFile("calibration.jsonl", jsonl([{"text": f"Credit memo number {index}."}
+                                                             for index in range(8)]))
+    return registry_services.register_dataset(name="memos", purpose="calibration", uploaded_file=upload,
+                                              actor=engineer)
+
+
+def test_calibrated_quantize_form_offers_calibration_data_and_starts_the_job_with_its_settings(
+        client, engineer, versions, calibration_dataset, evaluation_dataset):
+    client.force_login(engineer)
+    form = _version_page(client, versions[0]).split('id="calibrated_quantize-form"')[1].split("</form>")[0]
+    assert f"#{calibration_dataset.pk} memos (calibration" in form and "eval (evaluation" not in form
+    response = client.post(f"/admin/registry/modelversion/{versions[0].pk}/calibrated_quantize/", {
+        "calibrated-method": "awq", "calibrated-calibration_dataset": calibration_dataset.pk, "calibrated-bits": 4,
+        "calibrated-group_size": 32, "calibrated-sym": "on", "calibrated-damping": 0.01,
+        "calibrated-max_length": 64, "calibrated-calibration_samples": 8, "calibrated-skip_modules": "lm_head"})
+    job = Job.objects.get(kind="quantize", source_version=versions[0])
+    assert response.status_code == 302 and response["Location"] == f"/admin/workers/job/{job.pk}/change/"
+    params = job.params
+    assert (params["method"], params["bits"], params["group_size"], params["sym"], params["max_length"],
+            params["calibration_samples"]) == ("awq", 4, 32, True, 64, 8)
+    assert params["calibration_dataset"] == calibration_dataset.pk and params["skip_modules"] == ["lm_head"]
+
+
+def test_calibrated_quantize_form_shows_the_services_refusal_next_to_its_field_and_starts_nothing(
+        client, engineer, versions, evaluation_dataset):
+    client.force_login(engineer)
+    response = client.post(f"/admin/registry/modelversion/{versions[0].pk}/calibrated_quantize/", {
+        "calibrated-method": "awq", "calibrated-calibration_dataset": evaluation_dataset.pk, "calibrated-bits": 8,
+        "calibrated-group_size": 128, "calibrated-damping": 0.01, "calibrated-max_length": 512})
+    page = response.content.decode()
+    assert response.status_code == 200 and "Nothing was started" in page
+    assert "bits must be one of 4 for awq" in page
+    assert not Job.objects.filter(kind="quantize").exists()
