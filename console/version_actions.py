@@ -96,135 +96,110 @@ def _version_or_back(request, version_id):
     return version, None
 
 
-def start_analysis_view(admin_site, request, version_id):
+def _start_from_form(admin_site, request, version_id, action: str, serializer_class, start, *,
+                     fields: dict[str, str] | None = None):
+    """One version-page form: validated by the API's serializer, then `start(version, form, data)` calls the
+    service and returns (the page to land on, the success message). A refusal comes back next to its field."""
     version, back = _version_or_back(request, version_id)
     if back:
         return back
-    form = version_forms(version, data=request.POST, only="analysis")["analysis_form"]
-    payload = form.api_payload() if form.is_valid() else None
-    data = payload and add_serializer_errors(form, AnalysisRequestSerializer, payload)
-    if data:
-        try:
-            reference = selectors.get_version(version.model.name, data["reference"]) if data.get("reference") else None
-            analysis = job_services.request_analysis(candidate=version, reference=reference,
-                                                     dataset=form.cleaned_data["dataset"],
-                                                     max_tokens=data["max_tokens"], top_k=data["top_k"],
-                                                     actor=request.user)
-            messages.success(request, f"Analysis {analysis.pk} of v{version.number} against "
-                                      f"v{analysis.reference.number} queued as job {analysis.job_id}.")
-            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[analysis.job_id]))
-        except DomainError as error:
-            add_domain_error(form, error)
-    return _refused(request, admin_site, version, "analysis", form)
+    form = version_forms(version, data=request.POST, only=action)[ACTIONS[action]["form"]]
+    try:  # a serializer's own checks may raise a DomainError too (the sweep's per-candidate ones)
+        payload = form.api_payload() if form.is_valid() else None
+        data = payload and add_serializer_errors(form, serializer_class, payload, fields=fields)
+        if data:
+            url, message = start(version, form, data)
+            messages.success(request, message)
+            return HttpResponseRedirect(url)
+    except DomainError as error:
+        add_domain_error(form, error, fields=fields)
+    return _refused(request, admin_site, version, action, form)
+
+
+def _job_page(job_id: int) -> str:
+    return reverse("admin:workers_job_change", args=[job_id])
+
+
+def _reference(version, number):
+    return selectors.get_version(version.model.name, number) if number else None
+
+
+def start_analysis_view(admin_site, request, version_id):
+    def start(version, form, data):
+        analysis = job_services.request_analysis(
+            candidate=version, reference=_reference(version, data.get("reference")),
+            dataset=form.cleaned_data["dataset"], max_tokens=data["max_tokens"], top_k=data["top_k"],
+            actor=request.user)
+        return _job_page(analysis.job_id), (f"Analysis {analysis.pk} of v{version.number} against "
+                                            f"v{analysis.reference.number} queued as job {analysis.job_id}.")
+
+    return _start_from_form(admin_site, request, version_id, "analysis", AnalysisRequestSerializer, start)
 
 
 def start_evaluation_view(admin_site, request, version_id):
-    version, back = _version_or_back(request, version_id)
-    if back:
-        return back
-    form = version_forms(version, data=request.POST, only="evaluation")["evaluation_form"]
-    payload = form.api_payload() if form.is_valid() else None
-    data = payload and add_serializer_errors(form, EvaluationRequestSerializer, payload)
-    if data:
+    def start(version, form, data):
         settings = dict(data)
-        reference_number = settings.pop("reference", None)
+        reference = _reference(version, settings.pop("reference", None))
         settings.pop("dataset")
-        try:
-            reference = selectors.get_version(version.model.name, reference_number) if reference_number else None
-            evaluation = job_services.request_evaluation(candidate=version, reference=reference,
-                                                         dataset=form.cleaned_data["dataset"],
-                                                         evaluation_settings=settings, actor=request.user)
-            against = f" against v{reference.number}" if reference else ""
-            messages.success(request, f"Evaluation {evaluation.pk} ({evaluation.task_type.replace('_', ' ')}) of "
-                                      f"v{version.number}{against} queued as job {evaluation.job_id}.")
-            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[evaluation.job_id]))
-        except DomainError as error:
-            add_domain_error(form, error)
-    return _refused(request, admin_site, version, "evaluation", form)
+        evaluation = job_services.request_evaluation(candidate=version, reference=reference,
+                                                     dataset=form.cleaned_data["dataset"],
+                                                     evaluation_settings=settings, actor=request.user)
+        against = f" against v{reference.number}" if reference else ""
+        return _job_page(evaluation.job_id), (f"Evaluation {evaluation.pk} ({evaluation.task_type.replace('_', ' ')}) "
+                                              f"of v{version.number}{against} queued as job {evaluation.job_id}.")
+
+    return _start_from_form(admin_site, request, version_id, "evaluation", EvaluationRequestSerializer, start)
 
 
 def start_lora_view(admin_site, request, version_id):
-    version, back = _version_or_back(request, version_id)
-    if back:
-        return back
-    form = version_forms(version, data=request.POST, only="lora")["lora_form"]
-    payload = form.api_payload() if form.is_valid() else None
-    data = payload and add_serializer_errors(form, LoraRequestSerializer, payload)
-    if data:
+    def start(version, form, data):
         lora_settings = dict(data)
         lora_settings.pop("dataset")
-        try:
-            job = job_services.start_lora_update(base=version, dataset=form.cleaned_data["dataset"],
-                                                 lora_settings=lora_settings, actor=request.user)
-            messages.success(request, f"LoRA update of v{version.number} queued as job {job.pk}.")
-            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))
-        except DomainError as error:
-            add_domain_error(form, error)
-    return _refused(request, admin_site, version, "lora", form)
+        job = job_services.start_lora_update(base=version, dataset=form.cleaned_data["dataset"],
+                                             lora_settings=lora_settings, actor=request.user)
+        return _job_page(job.pk), f"LoRA update of v{version.number} queued as job {job.pk}."
+
+    return _start_from_form(admin_site, request, version_id, "lora", LoraRequestSerializer, start)
 
 
 def start_calibrated_quantize_view(admin_site, request, version_id):
-    version, back = _version_or_back(request, version_id)
-    if back:
-        return back
-    form = version_forms(version, data=request.POST, only="calibrated_quantize")["calibrated_quantize_form"]
-    payload = form.api_payload() if form.is_valid() else None
-    data = payload and add_serializer_errors(form, CalibratedQuantizeRequestSerializer, payload)
-    if data:
+    def start(version, form, data):
         settings = dict(data)
         settings.pop("calibration_dataset")
-        try:
-            job = job_services.start_calibrated_quantization(
-                version=version, calibration_dataset=form.cleaned_data["calibration_dataset"], settings=settings,
-                actor=request.user)
-            messages.success(request, f"{settings['method'].upper()} quantization of v{version.number} queued as "
-                                      f"job {job.pk}.")
-            return HttpResponseRedirect(reverse("admin:workers_job_change", args=[job.pk]))
-        except DomainError as error:
-            add_domain_error(form, error)
-    return _refused(request, admin_site, version, "calibrated_quantize", form)
+        job = job_services.start_calibrated_quantization(
+            version=version, calibration_dataset=form.cleaned_data["calibration_dataset"], settings=settings,
+            actor=request.user)
+        return _job_page(job.pk), (f"{settings['method'].upper()} quantization of v{version.number} queued as "
+                                   f"job {job.pk}.")
+
+    return _start_from_form(admin_site, request, version_id, "calibrated_quantize",
+                            CalibratedQuantizeRequestSerializer, start)
 
 
 def start_quantization_sweep_view(admin_site, request, version_id):
-    version, back = _version_or_back(request, version_id)
-    if back:
-        return back
-    form = version_forms(version, data=request.POST, only="quantization_sweep")["quantization_sweep_form"]
-    try:
-        payload = form.api_payload() if form.is_valid() else None
-        data = payload and add_serializer_errors(form, QuantizationSweepRequestSerializer, payload,
-                                                 fields={"candidates": "methods"})
-        if data:
-            sweep = sweep_services.request_quantization_sweep(
-                source=version, candidates=data["candidates"], dataset=form.cleaned_data["dataset"],
-                alias=data["alias"], max_tokens=data["max_tokens"], top_k=data["top_k"], actor=request.user)
-            messages.success(request, f"Quantization sweep {sweep.pk} of v{version.number} "
-                                      f"({len(data['candidates'])} candidates) queued as job {sweep.job_id}.")
-            return HttpResponseRedirect(reverse("admin:workers_quantizationsweep_change", args=[sweep.pk]))
-    except DomainError as error:  # the serializer's per-candidate checks raise them too
-        add_domain_error(form, error, fields={"candidates": "methods"})
-    return _refused(request, admin_site, version, "quantization_sweep", form)
+    def start(version, form, data):
+        sweep = sweep_services.request_quantization_sweep(
+            source=version, candidates=data["candidates"], dataset=form.cleaned_data["dataset"],
+            alias=data["alias"], max_tokens=data["max_tokens"], top_k=data["top_k"], actor=request.user)
+        return (reverse("admin:workers_quantizationsweep_change", args=[sweep.pk]),
+                f"Quantization sweep {sweep.pk} of v{version.number} ({len(data['candidates'])} candidates) queued "
+                f"as job {sweep.job_id}.")
+
+    return _start_from_form(admin_site, request, version_id, "quantization_sweep", QuantizationSweepRequestSerializer,
+                            start, fields={"candidates": "methods"})
 
 
 def open_change_request_view(admin_site, request, version_id):
-    version, back = _version_or_back(request, version_id)
-    if back:
-        return back
-    form = version_forms(version, data=request.POST, only="change_request")["change_request_form"]
-    payload = form.api_payload() if form.is_valid() else None
-    data = payload and add_serializer_errors(form, ChangeRequestOpenSerializer, payload)
-    if data:
-        try:
-            change_request = governance_services.open_change_request(
-                model=version.model, alias=data["alias"], version_number=data["version"],
-                justification=data["justification"], dataset_id=data.get("dataset"),
-                eval_dataset_id=data.get("eval_dataset"), actor=request.user)
-            messages.success(request, f"Change request #{change_request.pk} opened: {version.model.name}@"
-                                      f"{change_request.alias} → v{version.number} ({change_request.status}).")
-            return HttpResponseRedirect(reverse("admin:governance_changerequest_change", args=[change_request.pk]))
-        except DomainError as error:
-            add_domain_error(form, error)
-    return _refused(request, admin_site, version, "change_request", form)
+    def start(version, form, data):
+        change_request = governance_services.open_change_request(
+            model=version.model, alias=data["alias"], version_number=data["version"],
+            justification=data["justification"], dataset_id=data.get("dataset"),
+            eval_dataset_id=data.get("eval_dataset"), actor=request.user)
+        return (reverse("admin:governance_changerequest_change", args=[change_request.pk]),
+                f"Change request #{change_request.pk} opened: {version.model.name}@{change_request.alias} → "
+                f"v{version.number} ({change_request.status}).")
+
+    return _start_from_form(admin_site, request, version_id, "change_request", ChangeRequestOpenSerializer, start)
 
 
 def merge_view(admin_site, request, version_id):
